@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set-up and entry points in one place; see README.md.
+#   ./dev.sh demo [flags]   default BERT pretraining demo (python -m train.pretrain)
+#   ./dev.sh test [args]    the whole test suite (pytest)
+#   ./dev.sh setup          only create/refresh the virtual environment
+# The first call creates .venv with Python 3.11 and installs the project into
+# it; later calls reuse it and reinstall only when setup.cfg changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.tf_lamb-installed"
+  local want
+  want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # pip's download cache (~/.cache/pip) makes reinstalls fast; nothing
+    # depends on it being there.
+    "$VENV/bin/python" -m pip install --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -e '.[train,test]'
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; exec "$VENV/bin/python" -m train.pretrain "$@" ;;
+  test)
+    setup
+    # pytest exits 5 when it collects nothing: that is a failure here too.
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  *) echo "usage: $0 {demo|test|setup} [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,576 @@
+"""The LAMB optimizer for Keras 3 (TensorFlow backend)."""
+
+import numbers
+import re
+
+import keras
+import tensorflow as tf
+from keras.optimizers import schedules
+
+# Slots of low-precision variables are kept in float32 so that v (a running
+# mean of g**2) neither underflows nor loses the small (1 - beta_2) updates.
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
+
+
+# ---------------------------------------------------------------------------
+# The algorithm, one named step per function (You et al., 2020, Algorithm 2).
+# Every function takes and returns plain tensors, so the same code runs inside
+# the XLA program, in an ordinary graph and eagerly.
+# ---------------------------------------------------------------------------
+
+
+def update_moments(gradient, m, v, beta_1, beta_2):
+    """Exponential moving averages of the gradient and its square.
+
+    m_t = beta_1 * m_{t-1} + (1 - beta_1) * g_t
+    v_t = beta_2 * v_{t-1} + (1 - beta_2) * g_t**2
+    """
+    m = m + (gradient - m) * (1.0 - beta_1)
+    v = v + (tf.square(gradient) - v) * (1.0 - beta_2)
+    return m, v
+
+
+def lamb_direction(m, v, weight, beta_1_power, beta_2_power, epsilon,
+                   weight_decay):
+    """The layer's update direction before the trust ratio.
+
+    r_t = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w,
+    m_hat = m_t / (1 - beta_1**t),  v_hat = v_t / (1 - beta_2**t).
+
+    With bias correction off, pass beta powers of 0 (m_hat = m_t, v_hat = v_t).
+    `weight_decay` is a Python float: 0 drops the term from the program.
+    """
+    m_hat = m / (1.0 - beta_1_power)
+    v_hat = v / (1.0 - beta_2_power)
+    direction = m_hat / (tf.sqrt(v_hat) + epsilon)
+    if weight_decay:
+        direction = direction + weight_decay * weight
+    return direction
+
+
+def trust_ratio(weight_norm, direction_norm, max_trust_ratio=None):
+    """phi = ||w|| / ||r||, or 1 where either norm is zero; then min(phi, max).
+
+    A zero weight norm (a freshly zero-initialised layer) or a zero direction
+    (no gradient and no decay) leaves the plain Adam-style step in place.
+    """
+    both_positive = tf.logical_and(weight_norm > 0.0, direction_norm > 0.0)
+    safe_direction_norm = tf.where(both_positive, direction_norm, 1.0)
+    ratio = tf.where(both_positive, weight_norm / safe_direction_norm, 1.0)
+    if max_trust_ratio is not None:
+        ratio = tf.minimum(ratio, max_trust_ratio)
+    return ratio
+
+
+def clip_by_global_norm(gradients, clip_norm):
+    """g_i * clip_norm / max(||g||, clip_norm), ||g|| over all gradients."""
+    global_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g))
+                                    for g in gradients]))
+    scale = clip_norm / tf.maximum(global_norm, clip_norm)
+    return [g * scale for g in gradients]
+
+
+def clip_by_norm(gradient, clip_norm):
+    """g * clip_norm / max(||g||, clip_norm), per variable."""
+    norm = tf.norm(gradient)
+    return gradient * (clip_norm / tf.maximum(norm, clip_norm))
+
+
+# ---------------------------------------------------------------------------
+
+
+def _check(condition, argument, value, expectation):
+    if not condition:
+        raise ValueError(
+            f"Argument `{argument}` {expectation}. "
+            f"Received: {argument}={value!r}")
+
+
+def _constant_value(value):
+    """The number behind a float, int or constant tensor; None otherwise."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if tf.is_tensor(value) or isinstance(value, keras.Variable):
+        try:
+            return float(tf.get_static_value(tf.convert_to_tensor(value)))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _check_beta(name, value):
+    if callable(value) and not (tf.is_tensor(value)
+                                or isinstance(value, keras.Variable)):
+        return  # evaluated at every step
+    number = _constant_value(value)
+    _check(number is not None, name, value,
+           "must be a float, a scalar tensor or a callable")
+    _check(0.0 <= number < 1.0, name, value, "must be in [0, 1)")
+
+
+def _check_non_negative(name, value):
+    if value is None:
+        return
+    number = _constant_value(value)
+    _check(number is not None and number >= 0.0, name, value,
+           "must be a non-negative number or None")
+
+
+def _path(variable):
+    return getattr(variable, "path", None) or variable.name
+
+
+@keras.saving.register_keras_serializable(package="tf_lamb")
+class Lamb(keras.optimizers.Optimizer):
+    """Layer-wise Adaptive Moments optimizer for Batch training (LAMB).
+
+    LAMB is Adam with a per-layer trust ratio: each variable's step is scaled
+    by the ratio of the variable's norm to the norm of its Adam-plus-decay
+    direction, which keeps very large batches stable (BERT in 76 minutes).
+    For a variable `w` with gradient `g` at update `t`:
+
+    ```
+    m = beta_1 * m + (1 - beta_1) * g
+    v = beta_2 * v + (1 - beta_2) * g**2
+    m_hat = m / (1 - beta_1**t);  v_hat = v / (1 - beta_2**t)
+    r = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w
+    phi = ||w|| / ||r||   (1 where either norm is 0; min(phi, max_trust_ratio))
+    w = w - learning_rate * phi * r
+    ```
+
+    Weight decay is part of `r` and so passes through the trust ratio, as in
+    the paper; unlike `keras.optimizers.Lamb`, no decoupled decay is applied on
+    top of it. Gradients are summed across replicas before any norm (clipping
+    or trust ratio) is taken, and the whole step for all variables runs as one
+    XLA program. A step whose aggregated gradients hold inf or NaN changes no
+    variable and no slot (the iteration counter still advances).
+
+    Args:
+        learning_rate: A float, a
+            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
+            that takes no arguments and returns the learning rate. Defaults to
+            `0.001`.
+        beta_1: A float, a scalar tensor, or a callable with no arguments
+            returning one; the decay rate of the first moment. Defaults to
+            `0.9`.
+        beta_2: Like `beta_1`, for the second moment. Defaults to `0.999`.
+        epsilon: Added to `sqrt(v_hat)` for numerical stability. Defaults to
+            `1e-7`.
+        weight_decay: Float or None, the decay rate `lambda` inside `r`.
+        clipnorm: Float. Each variable's aggregated gradient is clipped to
+            this norm.
+        clipvalue: Float. Each element of the aggregated gradients is clipped
+            to `[-clipvalue, clipvalue]`.
+        global_clipnorm: Float. The aggregated gradients of all variables are
+            scaled so that their joint norm is at most this value.
+        use_ema: Boolean. Keep an exponential moving average of the weights.
+        ema_momentum: Float in [0, 1], the EMA momentum: `average =
+            ema_momentum * average + (1 - ema_momentum) * weight`.
+        ema_overwrite_frequency: Int or None. Every this many updates the
+            weights are overwritten by their averages; with None, call
+            `finalize_variable_values` (`fit()` does so at its end).
+        loss_scale_factor: Float or None. Gradients are divided by it before
+            the update (the loss was multiplied by it).
+        gradient_accumulation_steps: Int or None. The variables are updated
+            every this many calls with the mean of the gradients received
+            since the last update; `t` above counts these updates, and a
+            learning-rate schedule sees the count of calls.
+        name: String, the name scope of the optimizer's variables.
+        max_trust_ratio: Float or None. Upper bound of `phi`.
+        bias_correction: Boolean. With False, `m_hat = m` and `v_hat = v`.
+        jit_compile: Boolean. Run the step as one XLA-compiled program.
+        **kwargs: `exclude_from_weight_decay` and
+            `exclude_from_layer_adaptation`, lists of regular expressions as
+            taken by the methods of those names (as in TF Addons' LAMB, the
+            layer-adaptation list defaults to the weight-decay list when only
+            the latter is given here).
+
+    Reference:
+        - [You et al., 2020](https://arxiv.org/abs/1904.00962), Algorithm 2.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name="lamb",
+        max_trust_ratio=None,
+        bias_correction=True,
+        jit_compile=True,
+        **kwargs,
+    ):
+        wd_names = kwargs.pop("exclude_from_weight_decay", None)
+        adaptation_names = kwargs.pop("exclude_from_layer_adaptation", None)
+        if kwargs:
+            raise ValueError(
+                f"Argument(s) not recognized by Lamb: {sorted(kwargs)}")
+        learning_rate = self._checked_learning_rate(learning_rate)
+        _check_beta("beta_1", beta_1)
+        _check_beta("beta_2", beta_2)
+        _check_non_negative("epsilon", epsilon)
+        _check(isinstance(epsilon, numbers.Real), "epsilon", epsilon,
+               "must be a float")
+        _check_non_negative("weight_decay", weight_decay)
+        for arg, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                           ("global_clipnorm", global_clipnorm)):
+            _check_non_negative(arg, value)
+        clip_args = {"clipnorm": clipnorm, "clipvalue": clipvalue,
+                     "global_clipnorm": global_clipnorm}
+        _check(sum(v is not None for v in clip_args.values()) <= 1,
+               "clipnorm/clipvalue/global_clipnorm", clip_args,
+               "allows only one of the three to be set")
+        if max_trust_ratio is not None:
+            _check(isinstance(max_trust_ratio, numbers.Real)
+                   and max_trust_ratio > 0, "max_trust_ratio",
+                   max_trust_ratio, "must be a positive number or None")
+        if gradient_accumulation_steps is not None:
+            _check(isinstance(gradient_accumulation_steps, numbers.Integral)
+                   and gradient_accumulation_steps >= 1,
+                   "gradient_accumulation_steps", gradient_accumulation_steps,
+                   "must be an integer >= 1 or None")
+            if gradient_accumulation_steps == 1:
+                gradient_accumulation_steps = None
+        if loss_scale_factor is not None:
+            _check(_constant_value(loss_scale_factor) not in (None, 0.0)
+                   and _constant_value(loss_scale_factor) > 0,
+                   "loss_scale_factor", loss_scale_factor,
+                   "must be a positive number or None")
+        _check(0.0 <= ema_momentum <= 1.0, "ema_momentum", ema_momentum,
+               "must be in [0, 1]")
+        if ema_overwrite_frequency is not None:
+            _check(isinstance(ema_overwrite_frequency, numbers.Integral)
+                   and ema_overwrite_frequency >= 1,
+                   "ema_overwrite_frequency", ema_overwrite_frequency,
+                   "must be an integer >= 1 or None")
+        for arg, names in (("exclude_from_weight_decay", wd_names),
+                           ("exclude_from_layer_adaptation",
+                            adaptation_names)):
+            _check(names is None or (not isinstance(names, str) and all(
+                isinstance(n, str) for n in names)), arg, names,
+                "must be a list of regular expressions")
+            for pattern in names or ():
+                try:
+                    re.compile(pattern)
+                except re.error as error:
+                    raise ValueError(
+                        f"Argument `{arg}` holds an invalid regular "
+                        f"expression {pattern!r}: {error}") from None
+
+        super().__init__(
+            learning_rate=learning_rate,
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+        )
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = float(epsilon)
+        self.max_trust_ratio = (None if max_trust_ratio is None
+                                else float(max_trust_ratio))
+        self.bias_correction = bool(bias_correction)
+        self.jit_compile = bool(jit_compile)
+        # Compiled steps, one per device and set of variables; kept out of
+        # Keras/TF tracking, which would try to save them.
+        object.__setattr__(self, "_programs", {})
+        self._weight_decay_exclusions = ((), ())
+        self._adaptation_exclusions = ((), ())
+        if wd_names is not None:
+            self.exclude_from_weight_decay(var_names=wd_names)
+            if adaptation_names is None:
+                adaptation_names = wd_names
+        if adaptation_names is not None:
+            self.exclude_from_layer_adaptation(var_names=adaptation_names)
+
+    @staticmethod
+    def _checked_learning_rate(learning_rate):
+        if isinstance(learning_rate, schedules.LearningRateSchedule):
+            return learning_rate
+        if callable(learning_rate) and not tf.is_tensor(learning_rate):
+            return learning_rate
+        number = _constant_value(learning_rate)
+        _check(number is not None, "learning_rate", learning_rate,
+               "must be a float, a LearningRateSchedule or a callable")
+        _check(number >= 0.0, "learning_rate", learning_rate,
+               "must be non-negative")
+        return number
+
+    # -- exclusions ---------------------------------------------------------
+
+    def _exclusions(self, var_list, var_names, argument):
+        names = tuple(var_names or ())
+        for pattern in names:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(
+                    f"`{argument}` got an invalid regular expression "
+                    f"{pattern!r}: {error}") from None
+        ids = tuple(self._var_key(v) for v in var_list or ())
+        self._programs.clear()  # the exclusions are baked into the programs
+        return ids, names
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exclude variables from weight decay.
+
+        Args:
+            var_list: A list of variables to exclude.
+            var_names: A list of regular expressions; a variable whose path
+                (e.g. `encoder/layer_0/attention/output/bias`) matches any of
+                them is excluded. BERT's usual choice is
+                `["LayerNorm", "layer_norm", "bias"]`.
+        """
+        self._weight_decay_exclusions = self._exclusions(
+            var_list, var_names, "exclude_from_weight_decay")
+
+    def exclude_from_layer_adaptation(self, var_list=None, var_names=None):
+        """Exclude variables from the trust ratio (their phi is 1).
+
+        Args:
+            var_list: A list of variables to exclude.
+            var_names: A list of regular expressions searched in the
+                variable's path, as for `exclude_from_weight_decay`.
+        """
+        self._adaptation_exclusions = self._exclusions(
+            var_list, var_names, "exclude_from_layer_adaptation")
+
+    def _is_excluded(self, variable, exclusions):
+        ids, names = exclusions
+        if self._var_key(variable) in ids:
+            return True
+        path = _path(variable)
+        return any(re.search(pattern, path) for pattern in names)
+
+    def _use_weight_decay(self, variable):
+        return bool(self.weight_decay) and not self._is_excluded(
+            variable, self._weight_decay_exclusions)
+
+    def _use_layer_adaptation(self, variable):
+        return not self._is_excluded(variable, self._adaptation_exclusions)
+
+    # -- slots ----------------------------------------------------------------
+
+    def _add_slot(self, variable, name):
+        if variable.dtype not in (tf.float16.name, tf.bfloat16.name):
+            return self.add_variable_from_reference(variable, name)
+        tf_variable = getattr(variable, "value", variable)
+        with self._distribution_strategy.extended.colocate_vars_with(
+                tf_variable):
+            return self.add_variable(
+                shape=variable.shape, dtype="float32",
+                name=f"{_path(variable).replace('/', '_')}_{name}")
+
+    def build(self, var_list):
+        """Creates the first and second moment slot of every variable."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums = []
+        self._velocities = []
+        for variable in var_list:
+            if self._overwrite_variable_with_gradient(variable):
+                self._momentums.append(None)
+                self._velocities.append(None)
+                continue
+            self._momentums.append(self._add_slot(variable, "momentum"))
+            self._velocities.append(self._add_slot(variable, "velocity"))
+
+    # -- the step -------------------------------------------------------------
+
+    def _hyperparameters(self):
+        """Learning rate and betas of this step, as float32 scalars."""
+        def value(v):
+            if callable(v) and not (tf.is_tensor(v)
+                                    or isinstance(v, keras.Variable)):
+                v = v()
+            return tf.cast(tf.convert_to_tensor(v), tf.float32)
+        return value(self.learning_rate), value(self.beta_1), value(
+            self.beta_2)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        # IndexedSlices (embedding lookups) become dense: every element of m
+        # and v decays at every step, so a sparse update would be wrong.
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        hyper = self._hyperparameters()
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is not None:
+            # Sum over replicas first: clipping norms and trust ratios must
+            # see the global gradient, never one replica's share.
+            grads = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                               grads)
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                self._update_all_replicas, self._distribution_strategy,
+                grads, trainable_variables, hyper)
+        else:
+            self._update_all_replicas(self._distribution_strategy, grads,
+                                      trainable_variables, hyper)
+
+    def _update_all_replicas(self, strategy, grads, variables, hyper):
+        # One `update` for all variables: the strategy calls `_replica_step`
+        # once per device (or once inside a TPU program), where every
+        # distributed variable resolves to that device's copy.
+        indices = tuple(self._get_variable_index(v) for v in variables)
+        anchor = self._momentums[indices[0]].value
+        strategy.extended.update(anchor, self._replica_step,
+                                 args=(grads, hyper, indices), group=False)
+
+    def _replica_step(self, anchor, grads, hyper, indices):
+        # A program captures the variables of the device it was traced for,
+        # so each device (the anchor's copy tells which) gets its own.
+        key = (anchor.device, indices)
+        program = self._programs.get(key)
+        if program is None:
+            program = tf.function(
+                lambda g, h: self._step(g, h, indices),
+                jit_compile=self.jit_compile, autograph=False,
+                reduce_retracing=True)
+            self._programs[key] = program
+        return program(list(grads), tuple(hyper))
+
+    def _step(self, grads, hyper, indices):
+        """The whole optimizer step for the variables at `indices`."""
+        learning_rate, beta_1, beta_2 = hyper
+        iterations = self._iterations.value
+        steps = self.gradient_accumulation_steps
+        if not steps:
+            self._update(grads, indices, learning_rate, beta_1, beta_2,
+                         iterations)
+            return
+        accumulators = [self._accumulated_gradients[i].value
+                        for i in indices]
+        totals = [a.read_value() + tf.cast(g, a.dtype)
+                  for a, g in zip(accumulators, grads)]
+        is_update_step = tf.equal((iterations + 1) % steps, 0)
+
+        def apply_mean():
+            self._update([t / steps for t in totals], indices, learning_rate,
+                         beta_1, beta_2, iterations // steps)
+            for a in accumulators:
+                a.assign(tf.zeros_like(a))
+            return tf.constant(True)
+
+        def accumulate():
+            for a, t in zip(accumulators, totals):
+                a.assign(t)
+            return tf.constant(False)
+
+        tf.cond(is_update_step, apply_mean, accumulate)
+
+    def _update(self, grads, indices, learning_rate, beta_1, beta_2,
+                update_count):
+        """One LAMB update; `update_count` updates were applied before."""
+        weights = [self._trainable_variables[i].value for i in indices]
+        grads = [tf.cast(g, tf.float32) for g in grads]
+        grads = self._clipped(grads)
+        step = tf.cast(update_count + 1, tf.float32)
+        if self.bias_correction:
+            beta_1_power = tf.pow(beta_1, step)
+            beta_2_power = tf.pow(beta_2, step)
+        else:
+            beta_1_power = beta_2_power = tf.constant(0.0)
+
+        new_values = []
+        squared_norms = []
+        for i, w, g in zip(indices, weights, grads):
+            variable = self._trainable_variables[i]
+            m_slot, v_slot = self._momentums[i].value, self._velocities[i].value
+            w_value = tf.cast(w.read_value(), tf.float32)
+            m, v = update_moments(g, m_slot.read_value(), v_slot.read_value(),
+                                  beta_1, beta_2)
+            decay = self.weight_decay if self._use_weight_decay(
+                variable) else 0.0
+            direction = lamb_direction(m, v, w_value, beta_1_power,
+                                       beta_2_power, self.epsilon, decay)
+            direction_norm_sq = tf.reduce_sum(tf.square(direction))
+            squared_norms.append(direction_norm_sq)
+            if self._use_layer_adaptation(variable):
+                ratio = trust_ratio(tf.norm(w_value),
+                                    tf.sqrt(direction_norm_sq),
+                                    self.max_trust_ratio)
+            else:
+                ratio = tf.constant(1.0)
+            new_w = w_value - learning_rate * ratio * direction
+            new_values.append((w, m_slot, v_slot, new_w, m, v))
+
+        # inf/NaN in any gradient makes some ||r|| NaN; the step is then
+        # dropped whole, on every replica alike (the gradients are global).
+        finite = tf.reduce_all(tf.math.is_finite(tf.stack(squared_norms)))
+        for w, m_slot, v_slot, new_w, m, v in new_values:
+            w.assign(tf.where(finite, tf.cast(new_w, w.dtype), w.read_value()))
+            m_slot.assign(tf.where(finite, m, m_slot.read_value()))
+            v_slot.assign(tf.where(finite, v, v_slot.read_value()))
+        if self.use_ema:
+            self._update_ema(indices, update_count, finite)
+
+    def _clipped(self, grads):
+        if self.clipnorm:
+            return [clip_by_norm(g, self.clipnorm) for g in grads]
+        if self.global_clipnorm:
+            return clip_by_global_norm(grads, self.global_clipnorm)
+        if self.clipvalue:
+            return [tf.clip_by_value(g, -self.clipvalue, self.clipvalue)
+                    for g in grads]
+        return grads
+
+    def _update_ema(self, indices, update_count, finite):
+        # The first update copies the weights, as Keras' base optimizer does.
+        momentum = tf.where(update_count > 0, self.ema_momentum, 0.0)
+        averages = []
+        for i in indices:
+            w = self._trainable_variables[i].value
+            average = self._model_variables_moving_average[i].value
+            new_average = (momentum * tf.cast(average.read_value(),
+                                              tf.float32)
+                           + (1.0 - momentum) * tf.cast(w.read_value(),
+                                                        tf.float32))
+            average.assign(tf.where(finite, tf.cast(new_average,
+                                                    average.dtype),
+                                    average.read_value()))
+            averages.append((w, average))
+        if self.ema_overwrite_frequency:
+            overwrite = tf.logical_and(
+                finite,
+                tf.equal((update_count + 1) % self.ema_overwrite_frequency,
+                         0))
+            for w, average in averages:
+                w.assign(tf.where(overwrite, average.read_value(),
+                                  w.read_value()))
+
+    # -- config ---------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+            "max_trust_ratio": self.max_trust_ratio,
+            "bias_correction": self.bias_correction,
+            "jit_compile": self.jit_compile,
+            "exclude_from_weight_decay": list(
+                self._weight_decay_exclusions[1]),
+            "exclude_from_layer_adaptation": list(
+                self._adaptation_exclusions[1]),
+        })
+        for beta in ("beta_1", "beta_2"):
+            value = _constant_value(config[beta])
+            if value is not None:
+                config[beta] = value
+        return config
