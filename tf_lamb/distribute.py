@@ -1,0 +1,59 @@
+"""Build a `tf.distribute.Strategy` from a name, for command-line programs."""
+
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(name, tpu=None, num_gpus=None):
+    """Returns the strategy called `name`.
+
+    Args:
+        name: One of `one_device`, `mirrored`, `multi_worker`, `tpu`.
+        tpu: For `tpu`: the TPU's name or `grpc://` address; when empty, the
+            resolver looks in the environment (`TPU_NAME`, a Cloud TPU VM).
+        num_gpus: For `one_device` and `mirrored`: how many GPUs to use
+            (0 means the CPU). None uses every visible GPU (mirrored) or the
+            first one (one_device), and the CPU when there is none.
+
+    Raises:
+        ValueError: an unknown name, a bad `num_gpus`, or a TPU that cannot
+            be reached (the message names the address tried).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"Unknown strategy {name!r}; expected one of {list(STRATEGIES)}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if num_gpus is not None and not 0 <= num_gpus <= len(gpus):
+        raise ValueError(
+            f"num_gpus={num_gpus} but {len(gpus)} GPU(s) are visible")
+    if name == "one_device":
+        device = "/gpu:0" if gpus and num_gpus != 0 else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        devices = [d.name for d in gpus[:num_gpus]] if gpus else []
+        if not devices:
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "strategy 'multi_worker' needs the TF_CONFIG environment "
+                "variable (cluster and task of this worker)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _tpu_strategy(tpu)
+
+
+def _tpu_strategy(tpu):
+    address = tpu or os.environ.get("TPU_NAME", "")
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=address)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        where = address or "the environment (no --tpu, no TPU_NAME)"
+        raise ValueError(f"No TPU reachable at {where}: {error}") from None
+    return tf.distribute.TPUStrategy(resolver)
