@@ -574,3 +574,9 @@ class Lamb(keras.optimizers.Optimizer):
             if value is not None:
                 config[beta] = value
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Keras' base method writes the deserialized schedule back into the
+        # dict it is given; work on a copy so the caller's config survives.
+        return super().from_config(dict(config), custom_objects)

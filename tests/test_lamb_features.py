@@ -1,0 +1,343 @@
+"""The Keras optimizer contract of tf_lamb.Lamb: EMA, sparse gradients, mixed
+precision, loss scaling, serialization, checkpoints, bad input, fit()."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from numpy_lamb import NumpyLamb, max_relative_error
+from tf_lamb import Lamb
+
+
+def regression_data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 1)).astype(np.float32)
+    y = np.tanh(x @ w) + 0.01 * rng.normal(size=(n, 1)).astype(np.float32)
+    return x, y.astype(np.float32)
+
+
+def small_model(seed=0, dtype_policy=None):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="tanh", dtype=dtype_policy),
+        keras.layers.Dense(1, dtype=dtype_policy),
+    ])
+
+
+def slots(optimizer):
+    return [v.numpy().copy() for v in optimizer.variables]
+
+
+# -- EMA ---------------------------------------------------------------------
+
+def test_ema_tracks_weights_and_finalize_overwrites():
+    rng = np.random.default_rng(0)
+    w = keras.Variable(rng.normal(size=(4, 3)).astype(np.float32))
+    optimizer = Lamb(learning_rate=0.05, use_ema=True, ema_momentum=0.8)
+    average = None
+    for _ in range(6):
+        optimizer.apply_gradients(
+            [(tf.constant(rng.normal(size=(4, 3)), tf.float32), w)])
+        current = w.numpy().astype(np.float64)
+        average = current if average is None else (
+            0.8 * average + 0.2 * current)
+    stored = optimizer._model_variables_moving_average[0].numpy()
+    np.testing.assert_allclose(stored, average, rtol=1e-5)
+    assert not np.allclose(w.numpy(), average)
+    optimizer.finalize_variable_values([w])
+    np.testing.assert_allclose(w.numpy(), average, rtol=1e-5)
+
+
+def test_ema_overwrite_frequency_matches_keras():
+    rng = np.random.default_rng(1)
+    init = rng.normal(size=(5, 2)).astype(np.float32)
+    ours, theirs = keras.Variable(init), keras.Variable(init)
+    a = Lamb(learning_rate=0.05, use_ema=True, ema_momentum=0.5,
+             ema_overwrite_frequency=3)
+    b = keras.optimizers.Lamb(learning_rate=0.05, use_ema=True,
+                              ema_momentum=0.5, ema_overwrite_frequency=3)
+    for _ in range(7):
+        g = tf.constant(rng.normal(size=(5, 2)), tf.float32)
+        a.apply_gradients([(g, ours)])
+        b.apply_gradients([(g, theirs)])
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5,
+                                   atol=1e-7)
+
+
+# -- sparse gradients ----------------------------------------------------------
+
+def test_indexed_slices_equal_dense_gradients():
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(10, 4)).astype(np.float32)
+    sparse_var, dense_var = keras.Variable(table), keras.Variable(table)
+    a, b = Lamb(learning_rate=0.01), Lamb(learning_rate=0.01)
+    for _ in range(4):
+        ids = tf.constant(rng.integers(0, 10, size=6))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(sparse_var.value, ids) ** 2)
+        (grad,) = tape.gradient(loss, [sparse_var.value])
+        assert isinstance(grad, tf.IndexedSlices)
+        a.apply_gradients([(grad, sparse_var)])
+        b.apply_gradients([(tf.convert_to_tensor(grad), dense_var)])
+    np.testing.assert_array_equal(sparse_var.numpy(), dense_var.numpy())
+    assert not np.array_equal(sparse_var.numpy(), table)
+
+
+# -- mixed precision and loss scaling --------------------------------------------
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_fit(policy):
+    x, y = regression_data()
+    model = small_model(dtype_policy=policy)
+    optimizer = Lamb(learning_rate=0.02)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss="mse")
+    history = model.fit(x, y, batch_size=32, epochs=8, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+
+
+def test_low_precision_variables_get_float32_slots():
+    w = keras.Variable(np.ones((3, 3)), dtype="float16")
+    optimizer = Lamb(learning_rate=0.1)
+    optimizer.apply_gradients([(tf.ones((3, 3), tf.float16), w)])
+    assert {v.dtype for v in optimizer._momentums + optimizer._velocities} \
+        == {"float32"}
+    assert w.dtype == "float16" and np.all(w.numpy() < 1.0)
+
+
+def test_non_finite_step_changes_nothing_under_loss_scale_optimizer():
+    rng = np.random.default_rng(3)
+    w = keras.Variable(rng.normal(size=(4, 4)).astype(np.float32))
+    optimizer = keras.optimizers.LossScaleOptimizer(Lamb(learning_rate=0.1))
+    g = tf.constant(rng.normal(size=(4, 4)), tf.float32)
+    optimizer.apply_gradients([(g, w)])
+    inner = optimizer.inner_optimizer
+    weights, state = w.numpy().copy(), slots(inner)
+    bad = g.numpy().copy()
+    bad[1, 2] = np.inf
+    optimizer.apply_gradients([(tf.constant(bad), w)])
+    np.testing.assert_array_equal(w.numpy(), weights)
+    for before, after in zip(state, slots(inner)):
+        if before.shape == weights.shape:  # moments, not counters
+            np.testing.assert_array_equal(after, before)
+    optimizer.apply_gradients([(g, w)])
+    assert not np.array_equal(w.numpy(), weights)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_gradient_changes_no_variable_or_slot(bad):
+    rng = np.random.default_rng(4)
+    ws = [keras.Variable(rng.normal(size=s).astype(np.float32))
+          for s in [(3, 2), (2,)]]
+    optimizer = Lamb(learning_rate=0.1, use_ema=True)
+    optimizer.apply_gradients([(tf.ones(w.shape), w) for w in ws])
+    weights = [w.numpy().copy() for w in ws]
+    moments = [v.numpy().copy() for v in optimizer._momentums
+               + optimizer._velocities
+               + optimizer._model_variables_moving_average]
+    grads = [np.ones((3, 2), np.float32), np.ones(2, np.float32)]
+    grads[1][0] = bad
+    optimizer.apply_gradients(zip(map(tf.constant, grads), ws))
+    for w, before in zip(ws, weights):
+        np.testing.assert_array_equal(w.numpy(), before)
+    for v, before in zip(optimizer._momentums + optimizer._velocities
+                         + optimizer._model_variables_moving_average,
+                         moments):
+        np.testing.assert_array_equal(v.numpy(), before)
+
+
+def test_loss_scale_factor_divides_gradients():
+    rng = np.random.default_rng(5)
+    init = rng.normal(size=(6,)).astype(np.float32)
+    scaled, plain = keras.Variable(init), keras.Variable(init)
+    a = Lamb(learning_rate=0.01, loss_scale_factor=1024.0)
+    b = Lamb(learning_rate=0.01)
+    for _ in range(5):
+        g = rng.normal(size=(6,)).astype(np.float32)
+        a.apply_gradients([(tf.constant(g * 1024.0), scaled)])
+        b.apply_gradients([(tf.constant(g), plain)])
+    np.testing.assert_allclose(scaled.numpy(), plain.numpy(), rtol=1e-6)
+
+
+# -- names, exclusions, config ---------------------------------------------------
+
+def test_name_scopes_slot_variables():
+    w = keras.Variable(np.ones(3, np.float32), name="kernel")
+    optimizer = Lamb(name="my_lamb")
+    optimizer.build([w])
+    assert optimizer.name == "my_lamb"
+    assert all(v.path.startswith("my_lamb/") for v in optimizer.variables)
+    assert Lamb().name == "lamb"
+
+
+def test_exclusions_search_the_variable_path():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(4, name="attention_output")(inputs)
+    outputs = keras.layers.LayerNormalization(name="LayerNorm")(hidden)
+    model = keras.Model(inputs, outputs)
+    optimizer = Lamb(weight_decay=0.1)
+    optimizer.exclude_from_weight_decay(var_names=["LayerNorm", "bias"])
+    optimizer.exclude_from_layer_adaptation(var_names=["attention_output/b"])
+    decayed = {v.path: optimizer._use_weight_decay(v)
+               for v in model.trainable_variables}
+    adapted = {v.path: optimizer._use_layer_adaptation(v)
+               for v in model.trainable_variables}
+    assert decayed == {"attention_output/kernel": True,
+                       "attention_output/bias": False,
+                       "LayerNorm/gamma": False, "LayerNorm/beta": False}
+    assert adapted == {"attention_output/kernel": True,
+                       "attention_output/bias": False,
+                       "LayerNorm/gamma": True, "LayerNorm/beta": True}
+    # var_list exclusion, by object.
+    optimizer.exclude_from_layer_adaptation(
+        var_list=[model.trainable_variables[0]])
+    assert not optimizer._use_layer_adaptation(model.trainable_variables[0])
+
+
+def test_constructor_exclusions_as_in_tf_addons():
+    optimizer = Lamb(weight_decay=0.01,
+                     exclude_from_weight_decay=["bias", "LayerNorm"])
+    config = optimizer.get_config()
+    assert config["exclude_from_weight_decay"] == ["bias", "LayerNorm"]
+    # TF Addons / Model Garden: the adaptation list defaults to this one.
+    assert config["exclude_from_layer_adaptation"] == ["bias", "LayerNorm"]
+    both = Lamb(exclude_from_weight_decay=["bias"],
+                exclude_from_layer_adaptation=[])
+    assert both.get_config()["exclude_from_layer_adaptation"] == []
+
+
+def test_get_config_round_trip_and_keras_serialization():
+    schedule = keras.optimizers.schedules.PolynomialDecay(1e-3, 100, 1e-5)
+    optimizer = Lamb(learning_rate=schedule, beta_1=0.8, beta_2=0.98,
+                     epsilon=1e-6, weight_decay=0.01, global_clipnorm=1.0,
+                     use_ema=True, ema_momentum=0.9,
+                     ema_overwrite_frequency=5, loss_scale_factor=8.0,
+                     gradient_accumulation_steps=4, name="pretrain_lamb",
+                     max_trust_ratio=10.0, bias_correction=False,
+                     jit_compile=False,
+                     exclude_from_weight_decay=["LayerNorm", "bias"],
+                     exclude_from_layer_adaptation=["LayerNorm"])
+    config = optimizer.get_config()
+    restored = Lamb.from_config(config)
+    assert restored.get_config() == config
+    via_keras = keras.optimizers.deserialize(
+        keras.optimizers.serialize(optimizer))
+    assert isinstance(via_keras, Lamb)
+    assert via_keras.get_config() == config
+    for key, value in {"beta_1": 0.8, "epsilon": 1e-6, "max_trust_ratio": 10.0,
+                       "bias_correction": False, "jit_compile": False,
+                       "gradient_accumulation_steps": 4}.items():
+        assert config[key] == value
+
+
+def test_model_save_and_load_restores_slots(tmp_path):
+    x, y = regression_data()
+    model = small_model()
+    model.compile(optimizer=Lamb(learning_rate=0.01, weight_decay=0.01),
+                  loss="mse")
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.optimizer, Lamb)
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Both continue identically.
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    rng = np.random.default_rng(6)
+    grads = [[tf.constant(rng.normal(size=s), tf.float32)
+              for s in [(5, 3), (3,)]] for _ in range(10)]
+
+    def fresh():
+        keras.utils.set_random_seed(7)
+        ws = [keras.Variable(np.full((5, 3), 0.5, np.float32)),
+              keras.Variable(np.full((3,), -0.2, np.float32))]
+        return ws, Lamb(learning_rate=0.02, weight_decay=0.01,
+                        gradient_accumulation_steps=2, use_ema=True)
+
+    ws, optimizer = fresh()
+    for g in grads:
+        optimizer.apply_gradients(zip(g, ws))
+    uninterrupted = [w.numpy() for w in ws]
+
+    ws, optimizer = fresh()
+    optimizer.build(ws)
+    checkpoint = tf.train.Checkpoint(optimizer=optimizer, weights=ws)
+    for g in grads[:5]:
+        optimizer.apply_gradients(zip(g, ws))
+    saved = checkpoint.save(str(tmp_path / "ckpt"))
+
+    ws, optimizer = fresh()
+    optimizer.build(ws)
+    tf.train.Checkpoint(optimizer=optimizer, weights=ws).restore(
+        saved).assert_consumed()
+    assert int(optimizer._iterations.numpy()) == 5
+    for g in grads[5:]:
+        optimizer.apply_gradients(zip(g, ws))
+    for a, b in zip(uninterrupted, ws):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+# -- bad input ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,names", [
+    ({"learning_rate": -0.1}, "learning_rate"),
+    ({"learning_rate": "fast"}, "learning_rate"),
+    ({"beta_1": 1.0}, "beta_1"),
+    ({"beta_1": -0.1}, "beta_1"),
+    ({"beta_2": 1.5}, "beta_2"),
+    ({"beta_2": tf.constant(1.0)}, "beta_2"),
+    ({"epsilon": -1e-7}, "epsilon"),
+    ({"weight_decay": -0.01}, "weight_decay"),
+    ({"max_trust_ratio": 0.0}, "max_trust_ratio"),
+    ({"max_trust_ratio": -1.0}, "max_trust_ratio"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+    ({"gradient_accumulation_steps": 2.5}, "gradient_accumulation_steps"),
+    ({"clipnorm": 1.0, "global_clipnorm": 1.0}, "clipnorm"),
+    ({"clipvalue": 1.0, "clipnorm": 1.0}, "clipvalue"),
+    ({"clipnorm": -1.0}, "clipnorm"),
+    ({"ema_momentum": 1.5, "use_ema": True}, "ema_momentum"),
+    ({"ema_overwrite_frequency": 0, "use_ema": True},
+     "ema_overwrite_frequency"),
+    ({"loss_scale_factor": 0.0}, "loss_scale_factor"),
+    ({"exclude_from_weight_decay": "bias"}, "exclude_from_weight_decay"),
+    ({"exclude_from_layer_adaptation": ["("]},
+     "exclude_from_layer_adaptation"),
+    ({"learnig_rate": 0.1}, "learnig_rate"),
+])
+def test_bad_input_raises_value_error_naming_it(kwargs, names):
+    with pytest.raises(ValueError, match=names):
+        Lamb(**kwargs)
+
+
+def test_bad_exclusion_pattern_in_method():
+    optimizer = Lamb()
+    with pytest.raises(ValueError, match="regular expression"):
+        optimizer.exclude_from_weight_decay(var_names=["[unclosed"])
+
+
+# -- training -------------------------------------------------------------------
+
+def test_fit_drives_regression_to_low_loss():
+    x, y = regression_data()
+    model = small_model()
+    model.compile(optimizer=Lamb(learning_rate=0.02, weight_decay=0.001),
+                  loss="mse")
+    initial = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=30, verbose=0)
+    final = model.evaluate(x, y, verbose=0)
+    print(f"fit: mse {initial:.4f} -> {final:.4f}")
+    assert final < 0.02 and final < 0.05 * initial
