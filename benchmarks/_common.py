@@ -1,0 +1,189 @@
+"""Helpers shared by the benchmarks: timing, memory, worker subprocesses.
+
+Nothing here imports TensorFlow, so that a parent process that only
+dispatches candidates to subprocesses stays small and starts fast.
+"""
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+RESULT_PREFIX = "BENCHMARK_RESULT "
+
+
+# -- memory ------------------------------------------------------------------
+
+def _status_kib(field):
+    """A `kB` field of /proc/self/status (VmRSS, VmHWM), or None."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes():
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_bytes():
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False if impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- timing ------------------------------------------------------------------
+
+def time_steps(step, steps, warmup, sync=None):
+    """Calls `step` warmup + steps times; the per-step seconds of the last
+    `steps` calls. `sync` (if given) is called inside the timed region to wait
+    for the step's results."""
+    for _ in range(warmup):
+        step()
+        if sync is not None:
+            sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times):
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "steps": len(times),
+    }
+
+
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def machine_info():
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": load_average(),
+    }
+
+
+# -- workers -----------------------------------------------------------------
+
+def emit_result(result):
+    """Prints a worker's result as the line the parent looks for."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_worker(module, argv, timeout, verbose=False):
+    """Runs `python -m module *argv` and returns the dict it emitted."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    command = [sys.executable, "-m", module] + list(argv)
+    started = time.perf_counter()
+    try:
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout,
+            env=env, cwd=os.getcwd())
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(
+            f"{' '.join(command)} ran past {timeout} s:\n"
+            f"{_tail(error.stderr)}") from None
+    if verbose:
+        sys.stderr.write(completed.stderr)
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+            result["process_wall_s"] = time.perf_counter() - started
+            return result
+    raise RuntimeError(
+        f"{' '.join(command)} exited with {completed.returncode} and no "
+        f"result:\n{_tail(completed.stdout)}\n{_tail(completed.stderr)}")
+
+
+def _tail(text, lines=40):
+    if not text:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# -- output ------------------------------------------------------------------
+
+def fmt_seconds(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value >= 1.0:
+        return f"{value:.3f} s"
+    return f"{value * 1e3:.2f} ms"
+
+
+def fmt_bytes(value):
+    if value is None:
+        return "-"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return (f"{sign}{value:.0f} {unit}" if unit == "B"
+                    else f"{sign}{value:.1f} {unit}")
+        value /= 1024.0
+    return f"{sign}{value}"
+
+
+def fmt_ratio(value):
+    if value is None:
+        return "-"
+    return f"{value:.2f}x"
+
+
+def print_table(header, rows, out=None):
+    out = out or sys.stdout
+    widths = [max(len(str(cell)) for cell in column)
+              for column in zip(header, *rows)]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(header, widths))
+    out.write(line.rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for row in rows:
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths))
+                  .rstrip() + "\n")
+    out.flush()
+
+
+def write_json(result, path):
+    line = json.dumps(result, sort_keys=True)
+    print(line, flush=True)
+    if path:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(line + "\n")
