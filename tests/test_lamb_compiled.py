@@ -1,0 +1,111 @@
+"""The step is one XLA program, traced once, and agrees with the graph path."""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from numpy_lamb import max_relative_error
+from tf_lamb import Lamb
+
+SHAPES = [(16, 8), (8,), (8, 4), (4,), ()]
+
+
+def variables(seed=0):
+    rng = np.random.default_rng(seed)
+    return [keras.Variable(np.asarray(rng.normal(size=s), np.float32),
+                           name=f"v{i}") for i, s in enumerate(SHAPES)]
+
+
+def gradient_stream(steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[tf.constant(np.asarray(rng.normal(size=s), np.float32))
+             for s in SHAPES] for _ in range(steps)]
+
+
+def test_twenty_steps_with_schedule_and_changing_betas_trace_once():
+    ws = variables()
+    beta_2 = keras.Variable(0.99, trainable=False)
+    optimizer = Lamb(
+        learning_rate=keras.optimizers.schedules.CosineDecay(0.01, 20),
+        beta_1=lambda: 0.85 + 0.001 * tf.cast(optimizer.iterations,
+                                               tf.float32),
+        beta_2=lambda: beta_2, weight_decay=0.01, global_clipnorm=1.0,
+        use_ema=True, gradient_accumulation_steps=2)
+    for step, grads in enumerate(gradient_stream(20)):
+        beta_2.assign(0.99 - 0.001 * step)
+        optimizer.apply_gradients(zip(grads, ws))
+    (program,) = optimizer._programs.values()
+    assert program.experimental_get_tracing_count() == 1
+
+
+def test_one_xla_module_updates_every_variable():
+    ws = variables()
+    optimizer = Lamb(weight_decay=0.01)
+    grads = gradient_stream(1)[0]
+    optimizer.apply_gradients(zip(grads, ws))
+    (program,) = optimizer._programs.values()
+    hlo = program.experimental_get_compiler_ir(
+        list(grads), tuple(optimizer._hyperparameters()))(stage="hlo")
+    assert hlo.count("HloModule") == 1
+    # Every weight, first and second moment enters the one module.
+    entry = hlo[hlo.index("ENTRY"):]
+    parameters = set(re.findall(r"parameter\((\d+)\)", entry))
+    assert len(parameters) >= 4 * len(SHAPES)
+
+
+def run(optimizer, ws, steps=15):
+    for grads in gradient_stream(steps):
+        optimizer.apply_gradients(zip(grads, ws))
+    return [w.numpy() for w in ws]
+
+
+def settings():
+    return dict(learning_rate=0.01, weight_decay=0.02, max_trust_ratio=5.0,
+                clipnorm=2.0)
+
+
+def test_compiled_and_graph_paths_agree():
+    compiled = run(Lamb(**settings()), variables())
+    graph = run(Lamb(jit_compile=False, **settings()), variables())
+    error = max_relative_error(compiled, graph)
+    print(f"jit vs graph max relative error: {error:.3g}")
+    assert error <= 1e-6
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_inside_user_tf_function(jit_compile):
+    ws = variables()
+    optimizer = Lamb(**settings())
+    optimizer.build(ws)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(grads):
+        optimizer.apply_gradients(zip(grads, ws))
+
+    for grads in gradient_stream(15):
+        step(grads)
+    eager = run(Lamb(**settings()), variables())
+    assert max_relative_error([w.numpy() for w in ws], eager) <= 1e-6
+
+
+def test_model_compile_jit_compile_matches_eager_fit():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.normal(size=(64, 1)).astype(np.float32)
+
+    def trained(jit_compile, run_eagerly):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
+                                  keras.layers.Dense(1)])
+        model.compile(optimizer=Lamb(learning_rate=0.01, weight_decay=0.01),
+                      loss="mse", jit_compile=jit_compile,
+                      run_eagerly=run_eagerly)
+        model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+        return [w.numpy() for w in model.trainable_variables]
+
+    xla = trained(True, False)
+    eager = trained(False, True)
+    assert max_relative_error(xla, eager) <= 1e-5
