@@ -1,0 +1,30 @@
+"""The `main` of every test target made by `py_pytest_test` (python.bzl).
+
+Runs pytest on the test files given as arguments, the way `./dev.sh test`
+does, with the results written where `bazel test` collects them.
+"""
+
+import os
+import sys
+
+import runfiles_only
+
+
+def main(argv):
+    runfiles_only.isolate()
+    # Runfiles are read-only in the sandbox; nothing here needs .pyc files.
+    sys.dont_write_bytecode = True
+    import pytest  # after isolate(), so that pytest's plugins see the same imports
+
+    args = ["-p", "no:cacheprovider"]
+    if os.path.isfile("setup.cfg"):  # the project's [tool:pytest] settings
+        args += ["-c", "setup.cfg"]
+    if os.environ.get("XML_OUTPUT_FILE"):
+        args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
+    if os.environ.get("TESTBRIDGE_TEST_ONLY"):  # bazel test --test_filter=...
+        args += ["-k", os.environ["TESTBRIDGE_TEST_ONLY"]]
+    return pytest.main(args + argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
