@@ -1,0 +1,28 @@
+"""One worker of the 2-process MultiWorkerMirroredStrategy test.
+
+Usage: TF_CONFIG=... python multi_worker_main.py OUT.npz
+Trains `distributed_training.train_custom_loop` and saves the final weights.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import distributed_training  # noqa: E402
+
+
+def main(out):
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+    x, y = distributed_training.data(steps=8)
+    weights, _ = distributed_training.train_custom_loop(strategy, x, y)
+    np.savez(out, *weights)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
