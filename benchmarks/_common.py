@@ -107,12 +107,17 @@ def run_worker(module, argv, timeout, verbose=False):
     """Runs `python -m module *argv` and returns the dict it emitted."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The worker imports `module` from wherever this package was imported
+    # (a checkout need not be installed).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (root, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", module] + list(argv)
     started = time.perf_counter()
     try:
         completed = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout,
-            env=env, cwd=os.getcwd())
+            env=env)
     except subprocess.TimeoutExpired as error:
         raise RuntimeError(
             f"{' '.join(command)} ran past {timeout} s:\n"

@@ -361,6 +361,10 @@ def benchmark(args):
         "bandwidth_best_method": bandwidth["best_method"],
         "bandwidth_gb_per_s": bandwidth["best_bytes_per_s"] / 1e9,
         "floor_s": floor_s,
+        # The floor at each measured bandwidth (numpy_copyto: one thread).
+        "floor_s_by_method": {
+            k: bytes_per_param * params / v
+            for k, v in bandwidth["bandwidth_bytes_per_s"].items()},
         "candidates": {
             name: {k: r[k] for k in (
                 "median_s", "min_s", "max_s", "times_s", "rss_added_bytes",
@@ -376,6 +380,9 @@ def benchmark(args):
         result["tf_lamb_median_s"] = tf_lamb["median_s"]
         result["tf_lamb_min_s"] = tf_lamb["min_s"]
         result["ratio_to_floor"] = tf_lamb["median_s"] / floor_s
+        result["ratio_to_numpy_copyto_floor"] = (
+            tf_lamb["median_s"]
+            / result["floor_s_by_method"]["numpy_copyto"])
         result["tf_lamb_peak_rss_added_bytes"] = tf_lamb[
             "peak_rss_added_bytes"]
         result["tf_lamb_rss_added_bytes"] = tf_lamb["rss_added_bytes"]
@@ -400,7 +407,9 @@ def report(result):
     print(f"copy bandwidth GB/s (read+written): {bws}; floor = "
           f"{result['floor_bytes_per_param']} B/param / "
           f"{result['bandwidth_gb_per_s']:.1f} GB/s = "
-          f"{_common.fmt_seconds(result['floor_s'])}")
+          f"{_common.fmt_seconds(result['floor_s'])} "
+          f"(at numpy_copyto's bandwidth: "
+          f"{_common.fmt_seconds(result['floor_s_by_method']['numpy_copyto'])})")
     rows = []
     for name, c in result["candidates"].items():
         marks = []

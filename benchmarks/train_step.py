@@ -1,0 +1,315 @@
+r"""A whole BERT-like train step with tf_lamb.Lamb vs keras.optimizers.Lamb.
+
+Tells whether the optimizer still matters in real training: a small,
+self-contained BERT-like masked-LM model (token + position embeddings,
+`--layers` transformer encoder blocks of keras.layers.MultiHeadAttention,
+Dense and LayerNormalization, an MLM head tied to the token embedding over
+15 % of the positions) is trained on random tokens with one
+`tf.function(jit_compile=True)` step (forward + backward + apply), timed for
+
+  fwd_bwd     forward + backward only: the loss and the gradients, whose
+              squared global norm is returned so that XLA cannot drop them
+  tf_lamb     the same plus tf_lamb.Lamb().apply_gradients
+  keras_lamb  the same plus keras.optimizers.Lamb().apply_gradients
+
+each in its own subprocess. The optimizer's share of a step is estimated as
+(step - fwd_bwd) / step.
+
+  python -m benchmarks.train_step --json_out=/tmp/train_step.json
+  python -m benchmarks.train_step --layers=12 --hidden=768 --heads=12 \
+      --intermediate=3072 --seq_len=128 --batch=8       # BERT-base sized
+"""
+
+import argparse
+import math
+import sys
+
+from benchmarks import _common
+
+CANDIDATES = ("fwd_bwd", "tf_lamb", "keras_lamb")
+
+
+def build_model(args):
+    import keras
+    import tensorflow as tf
+
+    init = keras.initializers.TruncatedNormal(stddev=0.02)
+
+    class PositionEmbedding(keras.layers.Layer):
+        def build(self, input_shape):
+            self.table = self.add_weight(
+                shape=(input_shape[-2], input_shape[-1]), initializer=init,
+                name="table")
+
+        def call(self, x):
+            return x + tf.cast(self.table, x.dtype)
+
+    class EncoderBlock(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.attention = keras.layers.MultiHeadAttention(
+                args.heads, args.hidden // args.heads,
+                kernel_initializer=init, name="attention")
+            self.attention_norm = keras.layers.LayerNormalization(
+                epsilon=1e-12, name="attention_norm")
+            self.intermediate = keras.layers.Dense(
+                args.intermediate, activation="gelu",
+                kernel_initializer=init, name="intermediate")
+            self.output_dense = keras.layers.Dense(
+                args.hidden, kernel_initializer=init, name="output")
+            self.output_norm = keras.layers.LayerNormalization(
+                epsilon=1e-12, name="output_norm")
+
+        def call(self, x):
+            x = self.attention_norm(x + self.attention(x, x))
+            return self.output_norm(
+                x + self.output_dense(self.intermediate(x)))
+
+    class BertLike(keras.Model):
+        def __init__(self):
+            super().__init__(name="bert_like")
+            self.embedding = keras.layers.Embedding(
+                args.vocab, args.hidden, embeddings_initializer=init,
+                name="word_embeddings")
+            self.positions = PositionEmbedding(name="position_embeddings")
+            self.embedding_norm = keras.layers.LayerNormalization(
+                epsilon=1e-12, name="embedding_norm")
+            self.blocks = [EncoderBlock(name=f"layer_{i}")
+                           for i in range(args.layers)]
+            self.transform = keras.layers.Dense(
+                args.hidden, activation="gelu", kernel_initializer=init,
+                name="mlm_transform")
+            self.transform_norm = keras.layers.LayerNormalization(
+                epsilon=1e-12, name="mlm_norm")
+
+        def build(self, input_shape):
+            self.output_bias = self.add_weight(
+                shape=(args.vocab,), initializer="zeros", name="mlm_bias")
+
+        def call(self, inputs):
+            tokens, masked_positions = inputs
+            x = self.embedding_norm(self.positions(self.embedding(tokens)))
+            for block in self.blocks:
+                x = block(x)
+            x = tf.gather(x, masked_positions, batch_dims=1)
+            x = self.transform_norm(self.transform(x))
+            return (tf.matmul(x, self.embedding.embeddings, transpose_b=True)
+                    + self.output_bias)
+
+    return BertLike()
+
+
+def make_data(args):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(args.seed)
+    predictions = max(1, int(math.ceil(0.15 * args.seq_len)))
+    tokens = rng.integers(0, args.vocab, (args.batch, args.seq_len),
+                          dtype=np.int32)
+    positions = np.stack([np.sort(rng.choice(args.seq_len, predictions,
+                                             replace=False))
+                          for _ in range(args.batch)]).astype(np.int32)
+    labels = rng.integers(0, args.vocab, (args.batch, predictions),
+                          dtype=np.int32)
+    return (tf.constant(tokens), tf.constant(positions), tf.constant(labels))
+
+
+def run_candidate(args):
+    import keras
+    import tensorflow as tf
+    import tf_lamb
+
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(args)
+    tokens, positions, labels = make_data(args)
+    model((tokens, positions))  # creates the variables
+    variables = model.trainable_variables
+    params = sum(int(math.prod(v.shape)) for v in variables)
+
+    optimizer = None
+    if args.worker == "tf_lamb":
+        optimizer = tf_lamb.Lamb(learning_rate=args.learning_rate)
+    elif args.worker == "keras_lamb":
+        optimizer = keras.optimizers.Lamb(learning_rate=args.learning_rate)
+    elif args.worker != "fwd_bwd":
+        raise ValueError(f"Unknown candidate {args.worker!r}")
+    if optimizer is not None:
+        optimizer.build(variables)
+
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            logits = model((tokens, positions), training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True))
+        return loss, tape.gradient(loss, variables)
+
+    if optimizer is None:
+        def step():
+            loss, grads = loss_and_grads()
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            norm_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
+            return loss, norm_sq
+    else:
+        def step():
+            loss, grads = loss_and_grads()
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss, tf.constant(0.0)
+
+    compiled = tf.function(step, jit_compile=True)
+    losses = []
+
+    def call():
+        loss, _ = compiled()
+        losses.append(float(loss))  # also waits for the step
+
+    times = _common.time_steps(call, args.steps, args.warmup)
+    result = {"candidate": args.worker, "times_s": times,
+              "parameters": params, "first_loss": losses[0],
+              "last_loss": losses[-1],
+              "finite": all(math.isfinite(x) for x in losses)}
+    result.update(_common.summarize(times))
+    return result
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_step",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=None,
+                        help="default: 4 * hidden")
+    parser.add_argument("--vocab", type=int, default=30522)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="comma-separated, from: " + ", ".join(CANDIDATES))
+    parser.add_argument("--isolation", choices=("process", "none"),
+                        default="process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--json_out", default=None)
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.intermediate is None:
+        args.intermediate = 4 * args.hidden
+    if args.hidden % args.heads:
+        parser.error("--hidden must be a multiple of --heads")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    names = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    if not names or any(c not in CANDIDATES for c in names):
+        parser.error(f"--candidates: choose from {list(CANDIDATES)}")
+    args.candidate_list = names
+    return args
+
+
+def _worker_argv(args, worker):
+    argv = []
+    for flag in ("layers", "hidden", "heads", "intermediate", "vocab",
+                 "seq_len", "batch", "steps", "warmup", "learning_rate",
+                 "seed"):
+        argv += [f"--{flag}", str(getattr(args, flag))]
+    return argv + ["--worker", worker]
+
+
+def benchmark(args):
+    load_before = _common.load_average()
+    candidates = {}
+    for name in args.candidate_list:
+        print(f"[train_step] running {name} ...", file=sys.stderr,
+              flush=True)
+        if args.isolation == "process":
+            candidates[name] = _common.run_worker(
+                "benchmarks.train_step", _worker_argv(args, name),
+                args.timeout, args.verbose)
+        else:
+            worker_args = argparse.Namespace(**vars(args))
+            worker_args.worker = name
+            candidates[name] = run_candidate(worker_args)
+    first = next(iter(candidates.values()))
+    result = {
+        "benchmark": "train_step",
+        "model_config": {k: getattr(args, k) for k in (
+            "layers", "hidden", "heads", "intermediate", "vocab", "seq_len",
+            "batch")},
+        "parameters": first["parameters"],
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "candidates": {
+            name: {k: r[k] for k in ("median_s", "min_s", "max_s", "times_s",
+                                     "first_loss", "last_loss", "finite")}
+            for name, r in candidates.items()},
+        "machine": _common.machine_info(),
+    }
+    result["machine"]["load_average_before"] = load_before
+    fwd_bwd = candidates.get("fwd_bwd")
+    for name in ("tf_lamb", "keras_lamb"):
+        if name not in candidates:
+            continue
+        step = candidates[name]["median_s"]
+        result[f"{name}_step_s"] = step
+        if fwd_bwd:
+            optimizer_s = step - fwd_bwd["median_s"]
+            result[f"{name}_optimizer_s"] = optimizer_s
+            result[f"{name}_optimizer_fraction"] = optimizer_s / step
+    if fwd_bwd:
+        result["fwd_bwd_s"] = fwd_bwd["median_s"]
+    if "tf_lamb" in candidates and "keras_lamb" in candidates:
+        result["step_speedup_vs_keras"] = (
+            candidates["keras_lamb"]["median_s"]
+            / candidates["tf_lamb"]["median_s"])
+    return result
+
+
+def report(result):
+    config = result["model_config"]
+    print(f"\nBERT-like train step (forward + backward + apply, one XLA "
+          f"program): {result['parameters']:,} parameters, "
+          f"{config['layers']} layers, hidden {config['hidden']}, "
+          f"batch {config['batch']} x {config['seq_len']} tokens; median of "
+          f"{result['steps']} steps after {result['warmup']} warm-up")
+    rows = []
+    for name, c in result["candidates"].items():
+        optimizer_s = result.get(f"{name}_optimizer_s")
+        fraction = result.get(f"{name}_optimizer_fraction")
+        rows.append([
+            name, _common.fmt_seconds(c["median_s"]),
+            _common.fmt_seconds(c["min_s"]),
+            _common.fmt_seconds(optimizer_s) if optimizer_s is not None
+            else "-",
+            f"{100 * fraction:.1f} %" if fraction is not None else "-",
+            f"{c['first_loss']:.3f} -> {c['last_loss']:.3f}"])
+    _common.print_table(["step", "median", "min", "optimizer (est.)",
+                         "optimizer share", "loss"], rows)
+    if "step_speedup_vs_keras" in result:
+        print(f"train step with tf_lamb is "
+              f"{result['step_speedup_vs_keras']:.2f}x as fast as with "
+              f"keras Lamb")
+    load = result["machine"]["load_average"]
+    if load:
+        print(f"load average (1/5/15 min) at the end: "
+              f"{' '.join(f'{x:.2f}' for x in load)} on "
+              f"{result['machine']['cpus']} CPUs")
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.worker:
+        _common.emit_result(run_candidate(args))
+        return None
+    result = benchmark(args)
+    report(result)
+    _common.write_json(result, args.json_out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

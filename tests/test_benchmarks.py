@@ -1,0 +1,104 @@
+"""Smoke tests of the benchmarks: tiny shapes, two steps, the JSON's keys.
+
+Speed is never asserted, only that the figures exist and are sane.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import optimizer_step, train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _positive(value):
+    return (isinstance(value, (int, float)) and math.isfinite(value)
+            and value > 0)
+
+
+def _check_optimizer_step(result):
+    for key in ("parameters", "floor_s", "bandwidth_gb_per_s",
+                "tf_lamb_median_s", "tf_lamb_min_s", "baseline_median_s",
+                "speedup_vs_keras", "ratio_to_floor"):
+        assert _positive(result[key]), (key, result.get(key))
+    assert result["parameters"] == optimizer_step.parameter_count(
+        optimizer_step.bert_shapes(**optimizer_step.MODELS["tiny"]))
+    assert result["tf_lamb"] in optimizer_step.TF_LAMB
+    assert result["baseline"] in optimizer_step.KERAS_LAMB
+    for name, candidate in result["candidates"].items():
+        assert candidate["finite"], name
+        assert _positive(candidate["median_s"]), name
+        assert _positive(candidate["min_s"]), name
+        assert candidate["min_s"] <= candidate["median_s"]
+        assert len(candidate["times_s"]) == result["steps"]
+        assert isinstance(candidate["rss_added_bytes"], int)
+    json.dumps(result)  # the JSON line is valid
+
+
+def test_bert_shapes_parameter_counts():
+    count = lambda m: optimizer_step.parameter_count(  # noqa: E731
+        optimizer_step.bert_shapes(**optimizer_step.MODELS[m]))
+    assert 109e6 < count("base") < 111e6
+    assert 334e6 < count("large") < 337e6
+
+
+def test_optimizer_step_in_process(tmp_path):
+    out = tmp_path / "result.json"
+    result = optimizer_step.main([
+        "--model=tiny", "--steps=2", "--warmup=1", "--isolation=none",
+        "--bandwidth_mb=8", "--bandwidth_repeats=2", f"--json_out={out}"])
+    _check_optimizer_step(result)
+    assert set(result["candidates"]) == set(optimizer_step.DEFAULT_CANDIDATES)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(
+        result, sort_keys=True))
+
+
+def test_optimizer_step_command_line(tmp_path):
+    """The real thing: one subprocess per candidate, JSON on stdout."""
+    out = tmp_path / "result.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.optimizer_step", "--model=tiny",
+         "--steps=2", "--warmup=1", "--bandwidth_mb=8",
+         "--bandwidth_repeats=2",
+         "--candidates=tf_lamb_eager,keras_lamb_function",
+         f"--json_out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    printed = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert printed == json.loads(out.read_text())
+    _check_optimizer_step(printed)
+    peak = printed["tf_lamb_peak_rss_added_bytes"]
+    assert peak is None or peak > 0
+
+
+def test_train_step_in_process():
+    result = train_step.main([
+        "--layers=1", "--hidden=32", "--heads=2", "--vocab=100",
+        "--seq_len=16", "--batch=2", "--steps=2", "--warmup=1",
+        "--isolation=none"])
+    for key in ("fwd_bwd_s", "tf_lamb_step_s", "keras_lamb_step_s",
+                "step_speedup_vs_keras"):
+        assert _positive(result[key]), (key, result.get(key))
+    for key in ("tf_lamb_optimizer_fraction",
+                "keras_lamb_optimizer_fraction"):
+        assert math.isfinite(result[key]) and result[key] < 1.0
+    assert set(result["candidates"]) == set(train_step.CANDIDATES)
+    for name, candidate in result["candidates"].items():
+        assert candidate["finite"], name
+        assert _positive(candidate["median_s"]), name
+    # Same seed and data: the optimizers start from the same loss.
+    losses = {c["first_loss"] for c in result["candidates"].values()}
+    assert len(losses) == 1
+    json.dumps(result)
+
+
+@pytest.mark.parametrize("argv", [["--steps=0"], ["--candidates=sgd"],
+                                  ["--model=huge"]])
+def test_optimizer_step_bad_flags(argv):
+    with pytest.raises(SystemExit):
+        optimizer_step.parse_args(argv)
