@@ -35,8 +35,9 @@ FEATURE_NAMES = ("input_ids", "input_mask", "segment_ids",
                  "next_sentence_labels")
 
 
-def define_flags():
-    """The data flags; also used by train.pretrain for its default corpus."""
+def define_flags(seed_flag=True):
+    """The data flags; also used by train.pretrain (which has its own
+    --seed instead of --random_seed)."""
     flags.DEFINE_integer(
         "max_seq_length", 128,
         "Tokens per example, [CLS] and [SEP]s included; shorter examples are "
@@ -65,8 +66,10 @@ def define_flags():
         "vocab_size", 8000,
         "Target size of the WordPiece vocabulary learnt when no --vocab_file "
         "is given (the learnt one can be smaller on small corpora).")
-    flags.DEFINE_integer("random_seed", 12345,
-                         "Seed of the example generator (pairs and masks).")
+    if seed_flag:
+        flags.DEFINE_integer(
+            "random_seed", 12345,
+            "Seed of the example generator (pairs and masks).")
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""Learning-rate schedule of BERT pretraining with LAMB.
+
+Linear warmup, then polynomial decay to `end_learning_rate` (You et al.,
+2020, Section 4, after Goyal et al. and Devlin et al.).  With a second phase
+(the paper's 128 -> 512 tokens mix), phase 2 starts its own warmup and decay
+from its own peak rate, as the paper's re-warm-up does.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def _warmup_poly(step, peak, warmup, total, end, power):
+    """Rate at `step` (float32) of one phase of `total` steps."""
+    total = max(total, 1)
+    progress = tf.minimum(step, float(total)) / float(total)
+    decayed = (peak - end) * tf.pow(1.0 - progress, power) + end
+    if warmup > 0:
+        warm = peak * (step + 1.0) / float(warmup)
+        return tf.where(step < float(warmup), warm, decayed)
+    return decayed
+
+
+@keras.saving.register_keras_serializable(package="train")
+class PretrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Warmup + polynomial decay, optionally in two phases.
+
+    Args:
+        learning_rate: Peak rate of phase 1.
+        phase1_steps: Optimizer updates of phase 1.
+        warmup_steps: Linear warmup updates at the start of phase 1.
+        end_learning_rate: Rate reached at the end of each phase.
+        power: Exponent of the decay (1.0: linear, as BERT).
+        phase2_steps: Updates of phase 2 (0: no phase 2).
+        phase2_learning_rate, phase2_warmup_steps: Phase 2's peak and warmup.
+        accumulation_steps: Optimizer calls per update; the optimizer passes
+            the count of calls, which is divided by this.
+    """
+
+    def __init__(self, learning_rate, phase1_steps, warmup_steps=0,
+                 end_learning_rate=0.0, power=1.0, phase2_steps=0,
+                 phase2_learning_rate=None, phase2_warmup_steps=0,
+                 accumulation_steps=1):
+        self.learning_rate = float(learning_rate)
+        self.phase1_steps = int(phase1_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.end_learning_rate = float(end_learning_rate)
+        self.power = float(power)
+        self.phase2_steps = int(phase2_steps)
+        self.phase2_learning_rate = float(
+            learning_rate if phase2_learning_rate is None
+            else phase2_learning_rate)
+        self.phase2_warmup_steps = int(phase2_warmup_steps)
+        self.accumulation_steps = int(accumulation_steps)
+
+    def __call__(self, iterations):
+        calls = tf.cast(iterations, tf.int64)
+        step = tf.cast(calls // self.accumulation_steps, tf.float32)
+        rate = _warmup_poly(step, self.learning_rate, self.warmup_steps,
+                            self.phase1_steps, self.end_learning_rate,
+                            self.power)
+        if self.phase2_steps:
+            local = step - float(self.phase1_steps)
+            rate2 = _warmup_poly(local, self.phase2_learning_rate,
+                                 self.phase2_warmup_steps, self.phase2_steps,
+                                 self.end_learning_rate, self.power)
+            rate = tf.where(local >= 0.0, rate2, rate)
+        return rate
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "phase1_steps": self.phase1_steps,
+            "warmup_steps": self.warmup_steps,
+            "end_learning_rate": self.end_learning_rate,
+            "power": self.power,
+            "phase2_steps": self.phase2_steps,
+            "phase2_learning_rate": self.phase2_learning_rate,
+            "phase2_warmup_steps": self.phase2_warmup_steps,
+            "accumulation_steps": self.accumulation_steps,
+        }
