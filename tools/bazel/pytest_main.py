@@ -23,7 +23,13 @@ def main(argv):
         args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
     if os.environ.get("TESTBRIDGE_TEST_ONLY"):  # bazel test --test_filter=...
         args += ["-k", os.environ["TESTBRIDGE_TEST_ONLY"]]
-    return pytest.main(args + argv)
+    code = pytest.main(args + argv)
+    if code in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR):
+        # Most often a collection error: a module the file imports is not in
+        # the runfiles.
+        print("\nIf a module of this project could not be imported, give the "
+              "test the package's py_library in deps (tests/BUILD, _DEPS).")
+    return code
 
 
 if __name__ == "__main__":
