@@ -7,6 +7,7 @@ does, with the results written where `bazel test` collects them.
 import os
 import sys
 
+import pytest
 import runfiles_only
 
 
@@ -14,7 +15,6 @@ def main(argv):
     runfiles_only.isolate()
     # Runfiles are read-only in the sandbox; nothing here needs .pyc files.
     sys.dont_write_bytecode = True
-    import pytest  # after isolate(), so that pytest's plugins see the same imports
 
     args = ["-p", "no:cacheprovider"]
     if os.path.isfile("setup.cfg"):  # the project's [tool:pytest] settings
