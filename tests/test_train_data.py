@@ -1,0 +1,168 @@
+"""Tests of the default corpus, create_pretraining_data, the input pipeline
+and the learning-rate schedule of the train package."""
+
+import collections
+import os
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from train import _testing
+from train import corpus
+from train import create_pretraining_data as cpd
+from train import input_pipeline
+from train import optimization
+
+
+def test_default_corpus_is_deterministic_english_prose():
+    first = corpus.stdlib_documents(max_documents=200)
+    second = corpus.stdlib_documents(max_documents=200)
+    assert first == second
+    assert len(first) == 200
+    sentences = [s for d in first for s in d]
+    assert all(len(d) >= 2 for d in first)
+    assert not any(s.startswith(">>>") for s in sentences)
+    words = collections.Counter(w.lower() for s in sentences
+                                for w in s.split())
+    for common in ("the", "a", "is", "of"):
+        assert words[common] > 20
+
+
+def _parse_all(paths, seq, preds):
+    dataset = tf.data.TFRecordDataset(paths).batch(1000).map(
+        lambda r: tf.io.parse_example(r, input_pipeline.feature_spec(
+            seq, preds)))
+    parts = [{k: v.numpy() for k, v in batch.items()} for batch in dataset]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_cli_writes_google_bert_records(tmp_path):
+    text = _testing.write_small_corpus(str(tmp_path / "text.txt"), 120)
+    out = tmp_path / "out"
+    result = _testing.run(
+        ["-m", "train.create_pretraining_data", f"--input_file={text}",
+         f"--output_file={out}/a.tfrecord,{out}/b.tfrecord",
+         "--max_seq_length=48", "--max_predictions_per_seq=8",
+         "--vocab_size=500", "--dupe_factor=2"], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    vocab = (out / "vocab.txt").read_text().splitlines()
+    assert vocab[:5] == list(cpd.SPECIAL_TOKENS)
+    records = _parse_all([str(out / "a.tfrecord"), str(out / "b.tfrecord")],
+                         48, 8)
+    n = len(records["input_ids"])
+    assert n > 100
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
+    for i in range(n):
+        ids, mask = records["input_ids"][i], records["input_mask"][i]
+        length = int(mask.sum())
+        assert np.all(mask[:length] == 1) and np.all(mask[length:] == 0)
+        assert np.all(ids[length:] == 0)
+        assert ids[0] == cls and ids[length - 1] == sep
+        seps = np.flatnonzero(ids[:length] == sep)
+        assert len(seps) >= 2
+        segments = records["segment_ids"][i]
+        assert np.all(segments[:seps[0] + 1] == 0)
+        assert np.all(segments[seps[0] + 1:length] == 1)
+        weights = records["masked_lm_weights"][i]
+        count = int(weights.sum())
+        assert count >= 1 and np.all(weights[:count] == 1)
+        positions = records["masked_lm_positions"][i][:count]
+        assert np.all(np.diff(positions) > 0)
+        assert np.all((positions > 0) & (positions < length))
+        assert not np.isin(positions, seps).any()
+        assert np.all(records["masked_lm_ids"][i][:count] < len(vocab))
+    labels = records["next_sentence_labels"][:, 0]
+    assert set(labels) == {0, 1}
+    # Half of the pairs of multi-sentence chunks take a random B, and a
+    # chunk of one sentence always does (as in Google's BERT): with short
+    # docstrings the random share is above one half.
+    assert 0.45 < labels.mean() < 0.85
+
+
+def _vocab_and_documents(tmp_path):
+    text = _testing.write_small_corpus(str(tmp_path / "t.txt"), 400)
+    documents = cpd.read_documents([text])
+    vocab_tokens = cpd.learn_vocab(documents, 800)
+    vocab_file = str(tmp_path / "vocab.txt")
+    cpd.write_vocab(vocab_tokens, vocab_file)
+    return cpd.tokenize_documents(documents, vocab_file), vocab_tokens
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_masking_statistics(tmp_path, whole_word):
+    documents, tokens = _vocab_and_documents(tmp_path)
+    vocab = cpd.Vocab(tokens)
+    instances = cpd.create_instances(
+        documents, vocab, max_seq_length=64, max_predictions=64,
+        dupe_factor=3, whole_word_mask=whole_word, seed=3)
+    candidates = masked = same = replaced_by_mask = 0
+    for inst in instances:
+        candidates += sum(t not in (vocab.cls, vocab.sep)
+                          for t in inst.tokens)
+        masked += len(inst.masked_positions)
+        for position, original in zip(inst.masked_positions,
+                                      inst.masked_ids):
+            now = inst.tokens[position]
+            replaced_by_mask += now == vocab.mask
+            same += now == original
+    random_share = 1 - (replaced_by_mask + same) / masked
+    assert masked / candidates == pytest.approx(0.15, abs=0.01)
+    assert replaced_by_mask / masked == pytest.approx(0.8, abs=0.02)
+    # A random replacement can draw the original token: a little over 10%.
+    assert same / masked == pytest.approx(0.1, abs=0.02)
+    assert random_share == pytest.approx(0.1, abs=0.02)
+    if whole_word:
+        # A masked continuation piece (##...) has the piece before it
+        # masked too, unless truncation left it first in its segment.
+        checked = 0
+        for inst in instances[:300]:
+            positions = set(inst.masked_positions)
+            for p, original in zip(inst.masked_positions, inst.masked_ids):
+                if tokens[original].startswith("##"):
+                    checked += 1
+                    assert p - 1 in positions or inst.tokens[p - 1] in (
+                        vocab.cls, vocab.sep)
+        assert checked > 20
+
+
+def test_pipeline_batches_are_static_and_deterministic(tmp_path):
+    files, vocab = _testing.make_records(str(tmp_path), shards=2,
+                                         max_documents=100, dupe_factor=1)
+    size = len(open(vocab).read().splitlines())
+    assert input_pipeline.check_files([str(tmp_path / "*.tfrecord")], 32, 5,
+                                      size) == sorted(files)
+    make = input_pipeline.dataset_fn(files, 4, 32, 5, seed=1,
+                                     shuffle_buffer=50)
+    context = tf.distribute.InputContext()
+    first = [b["input_ids"].numpy() for b in make(context).take(6)]
+    again = [b["input_ids"].numpy() for b in make(context).take(6)]
+    np.testing.assert_array_equal(first, again)
+    skipping = input_pipeline.dataset_fn(files, 4, 32, 5, seed=1,
+                                         batches_to_skip=4,
+                                         shuffle_buffer=50)
+    skipped = [b["input_ids"].numpy() for b in skipping(context).take(2)]
+    np.testing.assert_array_equal(skipped, first[4:6])
+    spec = make(context).element_spec
+    assert spec["input_ids"].shape == (4, 32)
+    assert spec["masked_lm_weights"].shape == (4, 5)
+
+
+def test_schedule_warmup_decay_and_phase2():
+    s = optimization.PretrainingSchedule(
+        1.0, phase1_steps=100, warmup_steps=10, end_learning_rate=0.0,
+        phase2_steps=20, phase2_learning_rate=0.5, phase2_warmup_steps=5,
+        accumulation_steps=2)
+    rate = lambda update: float(s(2 * update + 1))  # noqa: E731
+    assert rate(0) == pytest.approx(0.1)
+    assert rate(4) == pytest.approx(0.5)
+    assert rate(9) == pytest.approx(1.0)
+    assert rate(50) == pytest.approx(0.5)
+    assert rate(99) == pytest.approx(0.01)
+    assert rate(100) == pytest.approx(0.1)  # phase 2 warms up again
+    assert rate(104) == pytest.approx(0.5)
+    assert rate(110) == pytest.approx(0.25)
+    assert rate(119) == pytest.approx(0.025)
+    rates = [rate(u) for u in range(10, 100)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))

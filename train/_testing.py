@@ -1,0 +1,81 @@
+"""Helpers shared by the tests of the train package (tests/test_train*.py)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from train import corpus
+from train import create_pretraining_data as cpd
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_small_corpus(path, max_documents=300):
+    """The first documents of the default corpus as a text file."""
+    corpus.write_text_corpus(corpus.stdlib_documents(max_documents), path)
+    return path
+
+
+def make_records(directory, seq_length=32, predictions=5, vocab_file=None,
+                 name="train", shards=2, max_documents=300, dupe_factor=2,
+                 vocab_size=600):
+    """Small TFRecords (and a learnt vocab.txt) in `directory`; returns
+    (list of TFRecord files, vocab file)."""
+    os.makedirs(directory, exist_ok=True)
+    text = write_small_corpus(os.path.join(directory, "corpus.txt"),
+                              max_documents)
+    documents = cpd.read_documents([text])
+    outputs = [os.path.join(directory, f"{name}-{i}.tfrecord")
+               for i in range(shards)]
+    vocab, _ = cpd.create_pretraining_data(
+        documents, outputs, vocab_file=vocab_file,
+        output_vocab_file=os.path.join(directory, "vocab.txt"),
+        max_seq_length=seq_length, max_predictions=predictions,
+        dupe_factor=dupe_factor, vocab_size=vocab_size, seed=7)
+    return outputs, vocab
+
+
+def free_ports(count):
+    """Ports free on 127.0.0.1 right now (kept open until all are found)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def python_env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra)
+    return env
+
+
+def start(args, log_path, **env):
+    """Starts `python args...` in the repository root, output to a file."""
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable] + list(args), cwd=REPO_ROOT,
+                            env=python_env(**env), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill(process):
+    """SIGKILL for a process started by `start`, if still running."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run(args, timeout=120, **env):
+    """Runs `python args...`; returns the CompletedProcess."""
+    return subprocess.run([sys.executable] + list(args), cwd=REPO_ROOT,
+                          env=python_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
