@@ -245,8 +245,10 @@ class TransformerLayer(keras.layers.Layer):
         k = self._heads(self.key(x), batch, length)
         v = self._heads(self.value(x), batch, length)
         scores = tf.matmul(q, k, transpose_b=True)
+        # Softmax in float32 (Keras casts `attention_bias` to the compute
+        # dtype on the way in).
         scores = tf.cast(scores, tf.float32) * (1.0 / math.sqrt(
-            self.head_size)) + attention_bias
+            self.head_size)) + tf.cast(attention_bias, tf.float32)
         probs = tf.nn.softmax(scores, axis=-1)
         probs = dropout(probs, self.config.attention_probs_dropout_prob,
                         seed, 3 * self.index + 1)

@@ -688,13 +688,13 @@ class Trainer:
                    for g in grads]
         return grads, stats, squares
 
-    def _replica_step(self, features):
+    def _replica_step(self, features, micro_step):
         import tensorflow as tf
         context = tf.distribute.get_replica_context()
+        # Dropout masks depend on the seed, the micro-step and the replica
+        # only, so a resumed run draws the same ones.
         seed = tf.random.experimental.stateless_fold_in(
-            tf.constant([self.seed, 0], tf.int64),
-            tf.cast(tf.convert_to_tensor(self.optimizer.iterations),
-                    tf.int64))
+            tf.constant([self.seed, 0], tf.int64), micro_step)
         seed = tf.random.experimental.stateless_fold_in(
             seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
         grads, stats, squares = self._compiled(features, seed)
@@ -707,8 +707,10 @@ class Trainer:
 
     def _train_step(self, iterator):
         import tensorflow as tf
-        for _ in tf.range(self.k):
-            self.strategy.run(self._replica_step, args=(next(iterator),))
+        for i in tf.range(self.k, dtype=tf.int64):
+            micro_step = self.step.read_value() * self.k + i
+            self.strategy.run(self._replica_step,
+                              args=(next(iterator), micro_step))
         self.step.assign_add(1)
 
     def _reset_stats(self):

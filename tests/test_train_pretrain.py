@@ -1,0 +1,228 @@
+"""End-to-end runs of train.pretrain (tiny model, few steps, in-process
+unless a separate process is the point)."""
+
+import glob
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from train import _testing
+from train import pretrain
+
+SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
+         "--train_batch_size=8", "--warmup_steps=1", "--shuffle_buffer=100",
+         "--learning_rate=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("records"))
+    files, vocab = _testing.make_records(directory)
+    files2, _ = _testing.make_records(directory, seq_length=64,
+                                      predictions=10, vocab_file=vocab,
+                                      name="long", shards=1)
+    return {"files": files, "vocab": vocab, "files2": files2}
+
+
+def _data_args(records):
+    return [f"--train_files={','.join(records['files'])}",
+            f"--vocab_file={records['vocab']}"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The default corpus and defaults, with fewer steps and shorter
+    sequences."""
+    model_dir = str(tmp_path_factory.mktemp("default") / "run")
+    result = pretrain.run_with_args(
+        [f"--model_dir={model_dir}", "--num_train_steps=4", "--log_steps=2",
+         "--max_seq_length=32", "--max_predictions_per_seq=5",
+         "--train_batch_size=8", "--warmup_steps=1", "--dupe_factor=1",
+         "--vocab_size=1000", "--save_checkpoints_steps=2"])
+    return model_dir, result
+
+
+def _event_tags(directory):
+    tags = set()
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.add(value.tag)
+    return tags
+
+
+def test_default_run_writes_everything(default_run):
+    model_dir, result = default_run
+    assert os.path.exists(os.path.join(model_dir, "data", "phase1.tfrecord"))
+    vocab = open(os.path.join(model_dir, "vocab.txt")).read().splitlines()
+    assert result["config"].vocab_size == len(vocab)
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
+    assert [h["step"] for h in result["history"]] == [2, 4]
+    for record in result["history"]:
+        assert np.isfinite(record["mlm_loss"]) and record["mlm_loss"] > 0
+        assert 0 <= record["mlm_accuracy"] <= 1
+        assert record["examples_per_second"] > 0
+    tags = _event_tags(os.path.join(model_dir, "train"))
+    for tag in ("mlm_loss", "nsp_loss", "mlm_accuracy", "learning_rate",
+                "examples_per_second",
+                "trust_ratio/bert/encoder/layer_0/attention/self/query/kernel",
+                "grad_norm/cls/predictions/output_bias"):
+        assert tag in tags
+    assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+
+
+def test_savedmodel_reload_matches_the_model(default_run):
+    _, result = default_run
+    encoder = result["trainer"].model.encoder
+    loaded = tf.saved_model.load(result["export_dir"])
+    serve = loaded.signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, result["config"].vocab_size, (3, 20)).astype(
+        np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 12:] = 0
+    segments = np.zeros_like(ids)
+    segments[:, 10:] = 1
+    outputs = serve(input_ids=tf.constant(ids), input_mask=tf.constant(mask),
+                    segment_ids=tf.constant(segments))
+    sequence, pooled = encoder(tf.constant(ids), tf.constant(mask),
+                               tf.constant(segments))
+    assert outputs["sequence_output"].shape == (3, 20, 128)
+    np.testing.assert_allclose(outputs["sequence_output"], sequence,
+                               atol=1e-5)
+    np.testing.assert_allclose(outputs["pooled_output"], pooled, atol=1e-5)
+
+
+def test_default_data_is_reused(default_run, capsys):
+    model_dir, _ = default_run
+    before = os.path.getmtime(os.path.join(model_dir, "data",
+                                           "phase1.tfrecord"))
+    result = pretrain.run_with_args(
+        [f"--model_dir={model_dir}", "--num_train_steps=5", "--log_steps=1",
+         "--max_seq_length=32", "--max_predictions_per_seq=5",
+         "--train_batch_size=8", "--warmup_steps=1", "--dupe_factor=1",
+         "--vocab_size=1000", "--export_dir=none"])
+    out = capsys.readouterr().out
+    assert "Reusing the examples" in out and "Resumed from" in out
+    assert result["start_step"] == 4
+    assert [h["step"] for h in result["history"]] == [5]
+    assert os.path.getmtime(os.path.join(model_dir, "data",
+                                         "phase1.tfrecord")) == before
+
+
+def test_mlm_loss_falls(records, tmp_path):
+    result = pretrain.run_with_args(
+        SMALL + _data_args(records) + [
+            f"--model_dir={tmp_path}/run", "--num_train_steps=48",
+            "--log_steps=8", "--train_batch_size=16", "--warmup_steps=4",
+            "--export_dir=none"])
+    losses = [h["mlm_loss"] for h in result["history"]]
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert losses[-1] < min(losses[:3]), losses
+
+
+def _checkpoint_values(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    return {name: reader.get_tensor(name)
+            for name in reader.get_variable_to_shape_map()
+            if not name.startswith("_CHECKPOINTABLE")}
+
+
+def test_resume_after_kill_equals_uninterrupted(records, tmp_path):
+    args = SMALL + _data_args(records) + [
+        "--num_train_steps=30", "--save_checkpoints_steps=3",
+        "--log_steps=1", "--export_dir=none"]
+    killed_dir = str(tmp_path / "killed")
+    log = str(tmp_path / "killed.log")
+    process = _testing.start(["-m", "train.pretrain",
+                              f"--model_dir={killed_dir}"] + args, log)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and process.poll() is None:
+            latest = tf.train.latest_checkpoint(killed_dir)
+            if latest and int(latest.rsplit("-", 1)[1]) >= 7:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, open(log).read()[-3000:]
+    finally:
+        _testing.kill(process)
+    text = open(log).read()
+    printed = [int(s) for s in re.findall(r"^step\s+(\d+)/30", text, re.M)]
+    assert printed and printed[-1] < 30
+    saved = int(tf.train.latest_checkpoint(killed_dir).rsplit("-", 1)[1])
+    # At most one checkpoint interval is lost.
+    assert saved >= printed[-1] - 3
+    resumed = pretrain.run_with_args([f"--model_dir={killed_dir}"] + args)
+    assert resumed["start_step"] == saved
+    whole_dir = str(tmp_path / "whole")
+    pretrain.run_with_args([f"--model_dir={whole_dir}"] + args)
+    a, b = _checkpoint_values(killed_dir), _checkpoint_values(whole_dir)
+    assert a.keys() == b.keys()
+    assert any("optimizer" in k for k in a)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_two_phases_with_gradient_accumulation(records, tmp_path):
+    result = pretrain.run_with_args(
+        SMALL + _data_args(records) + [
+            f"--model_dir={tmp_path}/run", "--num_train_steps=4",
+            "--phase2_steps=2", "--phase2_max_seq_length=64",
+            "--phase2_max_predictions_per_seq=10",
+            f"--phase2_train_files={records['files2'][0]}",
+            "--gradient_accumulation_steps=2", "--log_steps=1",
+            "--export_dir=none", "--phase2_warmup_steps=1"])
+    trainer = result["trainer"]
+    assert int(trainer.step.numpy()) == 4
+    assert int(trainer.optimizer.iterations.numpy()) == 4  # updates
+    assert int(trainer.optimizer._iterations.numpy()) == 8  # calls
+    rates = [h["learning_rate"] for h in result["history"]]
+    # Phase 1 decays; phase 2 warms up to the peak again.
+    assert rates[1] < rates[0] and rates[2] == pytest.approx(1e-2)
+    assert all(np.isfinite(h["mlm_loss"]) for h in result["history"])
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision(records, tmp_path, precision):
+    try:
+        result = pretrain.run_with_args(
+            SMALL + _data_args(records) + [
+                f"--model_dir={tmp_path}/run", "--num_train_steps=2",
+                "--log_steps=1", f"--mixed_precision={precision}"])
+    finally:
+        import keras
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(np.isfinite(h["mlm_loss"]) for h in result["history"])
+    assert result["trainer"].variables[0].dtype == "float32"
+
+
+def test_jit_compile_run(records, tmp_path):
+    result = pretrain.run_with_args(
+        SMALL + _data_args(records) + [
+            f"--model_dir={tmp_path}/run", "--num_train_steps=2",
+            "--log_steps=1", "--jit_compile", "--export_dir=none"])
+    assert all(np.isfinite(h["mlm_loss"]) for h in result["history"])
+
+
+def test_help_lists_every_flag_with_help():
+    result = _testing.run(["-m", "train.pretrain", "--helpfull"], timeout=60)
+    text = result.stdout  # absl exits with 1 after the help
+    assert "train.pretrain" in text, result.stderr[-2000:]
+    for name in ("strategy", "tpu", "num_gpus", "model_size",
+                 "bert_config_file", "train_files", "tfds_name",
+                 "vocab_file", "max_seq_length", "max_predictions_per_seq",
+                 "train_batch_size", "gradient_accumulation_steps",
+                 "num_train_steps", "learning_rate", "warmup_steps",
+                 "phase2_steps", "phase2_max_seq_length", "beta_1", "beta_2",
+                 "epsilon", "weight_decay", "max_trust_ratio",
+                 "global_clipnorm", "mixed_precision", "jit_compile",
+                 "model_dir", "save_checkpoints_steps", "export_dir", "seed"):
+        assert re.search(rf"--(\[no\])?{name}: \S", text), name
+    for flag in pretrain.FLAGS.get_key_flags_for_module(pretrain):
+        assert flag.help and flag.help.strip(), flag.name
