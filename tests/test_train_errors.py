@@ -1,0 +1,170 @@
+"""Bad input to train.pretrain fails fast, names the problem and leaves
+--model_dir alone."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from train import _testing
+from train import pretrain
+
+SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
+         "--train_batch_size=8", "--warmup_steps=1", "--num_train_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("records"))
+    files, vocab = _testing.make_records(directory, max_documents=80,
+                                         dupe_factor=1, shards=1)
+    return {"files": files, "vocab": vocab, "dir": directory}
+
+
+def _fails(args, match, tmp_path):
+    model_dir = str(tmp_path / "never_created")
+    with pytest.raises(pretrain.InputError, match=match):
+        pretrain.run_with_args([f"--model_dir={model_dir}"] + args)
+    assert not os.path.exists(model_dir)
+
+
+def _data(records, files=None):
+    return [f"--train_files={files or records['files'][0]}",
+            f"--vocab_file={records['vocab']}"]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--model_size=mini", "--bert_config_file=x.json"],
+     "--model_size and --bert_config_file"),
+    (["--tpu=grpc://127.0.0.1:1"], "--tpu needs --strategy=tpu"),
+    (["--train_files=a", "--input_file=b"], "at most one of"),
+    (["--phase2_steps=2"], r"--phase2_steps must be in \[0, "),
+    (["--warmup_steps=5"], "--warmup_steps must be in"),
+    (["--max_predictions_per_seq=40"], "--max_predictions_per_seq"),
+    (["--clipnorm=1", "--global_clipnorm=1"], "one gradient clipping"),
+    (["--gradient_accumulation_steps=3"],
+     "--train_batch_size=8 is not divisible by the 1 replica"),
+    (["--strategy=multi_worker"], "TF_CONFIG"),
+    (["--exclude_from_weight_decay=("], "invalid regular expression"),
+])
+def test_contradictory_or_impossible_flags(args, match, tmp_path):
+    _fails(SMALL + args, match, tmp_path)
+
+
+def test_unreachable_tpu(tmp_path):
+    _fails(SMALL + ["--strategy=tpu", "--tpu=grpc://127.0.0.1:1"],
+           "No TPU reachable at grpc://127.0.0.1:1", tmp_path)
+
+
+def test_missing_tfrecords(records, tmp_path):
+    _fails(SMALL + _data(records, str(tmp_path / "nothing-*.tfrecord")),
+           "No TFRecord file matches", tmp_path)
+
+
+def test_empty_tfrecord(records, tmp_path):
+    empty = tmp_path / "empty.tfrecord"
+    empty.write_bytes(b"")
+    _fails(SMALL + _data(records, str(empty)), "is empty", tmp_path)
+
+
+def test_corrupt_tfrecord(records, tmp_path):
+    data = bytearray(open(records["files"][0], "rb").read())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(16)
+    corrupt = tmp_path / "corrupt.tfrecord"
+    corrupt.write_bytes(bytes(data))
+    _fails(SMALL + _data(records, str(corrupt)), "corrupt", tmp_path)
+    garbage = tmp_path / "garbage.tfrecord"
+    garbage.write_bytes(b"this is not a TFRecord file at all\n" * 10)
+    _fails(SMALL + _data(records, str(garbage)), "corrupt", tmp_path)
+
+
+def test_records_of_another_length(records, tmp_path):
+    _fails(["--max_seq_length=64", "--max_predictions_per_seq=5",
+            "--train_batch_size=8", "--warmup_steps=1"] + _data(records),
+           "max_seq_length=64", tmp_path)
+
+
+def _config_file(tmp_path, vocab_size):
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps({
+        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 64}))
+    return str(path)
+
+
+def test_vocab_file_of_another_size(records, tmp_path):
+    config = _config_file(tmp_path, 100)
+    _fails(SMALL + _data(records) + [f"--bert_config_file={config}"],
+           "has .* tokens but the model's vocab_size is 100", tmp_path)
+
+
+def test_records_with_ids_beyond_the_vocabulary(records, tmp_path):
+    config = _config_file(tmp_path, 50)
+    _fails(SMALL + [f"--train_files={records['files'][0]}",
+                    f"--bert_config_file={config}"],
+           "vocabulary has 50 tokens", tmp_path)
+
+
+def test_bad_bert_config(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"vocab_size": 100, "hidden_size": 30, '
+                    '"num_attention_heads": 4}')
+    _fails(SMALL + [f"--bert_config_file={path}"], "not a multiple", tmp_path)
+    path.write_text('{"vocab_size": 100, "hiden_size": 32}')
+    _fails(SMALL + [f"--bert_config_file={path}"], "unknown keys", tmp_path)
+
+
+def test_model_dir_of_another_model_is_left_alone(records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    pretrain.run_with_args(SMALL + _data(records) + [
+        f"--model_dir={model_dir}", "--export_dir=none"])
+    before = {name: os.path.getmtime(os.path.join(model_dir, name))
+              for name in os.listdir(model_dir)}
+    with pytest.raises(pretrain.InputError, match="another model"):
+        pretrain.run_with_args(SMALL + _data(records) + [
+            f"--model_dir={model_dir}", "--model_size=mini"])
+    after = {name: os.path.getmtime(os.path.join(model_dir, name))
+             for name in os.listdir(model_dir)}
+    assert before == after
+
+
+def test_cli_reports_errors_and_unknown_flags(records, tmp_path):
+    model_dir = str(tmp_path / "cli")
+    result = _testing.run(["-m", "train.pretrain", f"--model_dir={model_dir}",
+                           "--train_files=/no/such/dir/*.tfrecord",
+                           f"--vocab_file={records['vocab']}"])
+    assert result.returncode == 1
+    assert "Error: No TFRecord file matches '/no/such/dir/*.tfrecord'" in (
+        result.stderr)
+    result = _testing.run(["-m", "train.pretrain", f"--model_dir={model_dir}",
+                           "--no_such_flag=3"])
+    assert result.returncode != 0
+    assert "no_such_flag" in result.stderr
+    result = _testing.run(["-m", "train.pretrain", f"--model_dir={model_dir}",
+                           "stray_argument"])
+    assert result.returncode != 0 and "stray_argument" in result.stderr
+    assert not os.path.exists(model_dir)
+
+
+def test_flagfile_is_read(tmp_path):
+    flagfile = tmp_path / "flags.txt"
+    model_dir = tmp_path / "never"
+    flagfile.write_text(f"--model_dir={model_dir}\n--model_size=mini\n"
+                        "--bert_config_file=/x.json\n")
+    result = _testing.run(["-m", "train.pretrain", f"--flagfile={flagfile}"])
+    assert result.returncode == 1
+    assert "--model_size and --bert_config_file" in result.stderr
+    assert not model_dir.exists()
+
+
+def test_tfds_without_the_package(tmp_path):
+    try:
+        import tensorflow_datasets  # noqa: F401
+        pytest.skip("tensorflow-datasets is installed here")
+    except ImportError:
+        pass
+    _fails(SMALL + ["--tfds_name=wikipedia/20230601.en"],
+           "needs the tensorflow-datasets package", tmp_path)
