@@ -826,7 +826,14 @@ def run():
     if f.strategy == "tpu":
         check_tpu_address(f.tpu)
     try:
-        strategy = make_strategy(f.strategy, tpu=f.tpu, num_gpus=f.num_gpus)
+        if f.strategy == "multi_worker" and "TF_CONFIG" in os.environ:
+            # tf_lamb.distribute.make_strategy lists the devices first, which
+            # starts TensorFlow's runtime too early for the collective ops of
+            # MultiWorkerMirroredStrategy; build that one directly.
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            strategy = make_strategy(f.strategy, tpu=f.tpu,
+                                     num_gpus=f.num_gpus)
     except ValueError as error:
         raise InputError(str(error)) from None
     except Exception as error:  # e.g. URLError from the TPU name lookup
@@ -911,7 +918,8 @@ def run():
     params = sum(int(tf.size(v)) for v in trainer.variables)
     print(f"BERT {config.num_hidden_layers} layers, hidden "
           f"{config.hidden_size}, vocab {config.vocab_size}: {params:,} "
-          f"parameters; {strategy.__class__.__name__} with "
+          f"parameters; {f.strategy} strategy "
+          f"({strategy.__class__.__name__}) with "
           f"{trainer.replicas} replica(s); steps {start_step} -> {total}",
           flush=True)
 
