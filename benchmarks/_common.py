@@ -95,6 +95,30 @@ def machine_info():
     }
 
 
+def tf_lamb_source():
+    """Which tf_lamb was measured: the git commit and a hash of lamb.py
+    (the optimizer may be edited in the working tree between runs)."""
+    import hashlib
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    info = {}
+    try:
+        with open(os.path.join(root, "tf_lamb", "lamb.py"), "rb") as f:
+            info["lamb_py_sha256"] = hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        pass
+    try:
+        info["git_head"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root,
+            capture_output=True, text=True, timeout=10).stdout.strip()
+        info["lamb_py_modified"] = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", "tf_lamb/lamb.py"],
+            cwd=root, capture_output=True, text=True,
+            timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 # -- workers -----------------------------------------------------------------
 
 def emit_result(result):

@@ -271,6 +271,9 @@ def parse_args(argv):
     parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
                         help="comma-separated, from: "
                         + ", ".join(ALL_CANDIDATES))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the candidates this many times in turn and "
+                        "pool their steps (evens out load drift)")
     parser.add_argument("--isolation", choices=("process", "none"),
                         default="process",
                         help="one subprocess per candidate, or all in this "
@@ -287,8 +290,8 @@ def parse_args(argv):
                         help="pass the workers' stderr through")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--steps and --rounds must be >= 1, --warmup >= 0")
     names = [c.strip() for c in args.candidates.split(",") if c.strip()]
     unknown = [c for c in names if c not in ALL_CANDIDATES]
     if unknown or not names:
@@ -338,10 +341,26 @@ def benchmark(args):
     floor_s = bytes_per_param * params / bandwidth["best_bytes_per_s"]
 
     candidates = {}
-    for name in args.candidate_list:
-        print(f"[optimizer_step] {args.model}: running {name} ...",
-              file=sys.stderr, flush=True)
-        candidates[name] = _run(args, name, shapes)
+    for round_ in range(args.rounds):
+        for name in args.candidate_list:
+            print(f"[optimizer_step] {args.model}: running {name} (round "
+                  f"{round_ + 1}/{args.rounds}) ...", file=sys.stderr,
+                  flush=True)
+            run = _run(args, name, shapes)
+            if name not in candidates:
+                candidates[name] = run
+                continue
+            # Rounds pool their steps (load drift on a shared machine
+            # spreads over all candidates alike); memory: the largest.
+            pooled = candidates[name]
+            pooled["times_s"] = pooled["times_s"] + run["times_s"]
+            pooled.update(_common.summarize(pooled["times_s"]))
+            pooled["finite"] = pooled["finite"] and run["finite"]
+            for key in ("rss_added_bytes", "peak_rss_added_bytes",
+                        "vars_and_grads_rss_bytes"):
+                if run[key] is not None and (pooled[key] is None
+                                             or run[key] > pooled[key]):
+                    pooled[key] = run[key]
 
     tf_lamb_name = _best(candidates, TF_LAMB)
     baseline_name = _best(candidates, KERAS_LAMB) or _best(candidates,
@@ -355,7 +374,9 @@ def benchmark(args):
         "variables": len(shapes),
         "steps": args.steps,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "isolation": args.isolation,
+        "tf_lamb_source": _common.tf_lamb_source(),
         "floor_bytes_per_param": bytes_per_param,
         "bandwidth_bytes_per_s": bandwidth["bandwidth_bytes_per_s"],
         "bandwidth_best_method": bandwidth["best_method"],
@@ -401,6 +422,7 @@ def report(result):
     print(f"\nLAMB optimizer step, BERT-{result['model']} shapes: "
           f"{result['parameters']:,} parameters in {result['variables']} "
           f"variables, {result['dtype']}; median of {result['steps']} steps "
+          f"x {result['rounds']} round(s) "
           f"after {result['warmup']} warm-up")
     bws = ", ".join(f"{k} {v / 1e9:.1f}"
                     for k, v in result["bandwidth_bytes_per_s"].items())

@@ -12,7 +12,8 @@ Dense and LayerNormalization, an MLM head tied to the token embedding over
   tf_lamb     the same plus tf_lamb.Lamb().apply_gradients
   keras_lamb  the same plus keras.optimizers.Lamb().apply_gradients
 
-each in its own subprocess. The optimizer's share of a step is estimated as
+with their steps interleaved in one process (or, with --isolation=process,
+each in its own subprocess). The optimizer's share of a step is estimated as
 (step - fwd_bwd) / step.
 
   python -m benchmarks.train_step --json_out=/tmp/train_step.json
@@ -115,7 +116,9 @@ def make_data(args):
     return (tf.constant(tokens), tf.constant(positions), tf.constant(labels))
 
 
-def run_candidate(args):
+def setup_candidate(args, name):
+    """A callable that runs (and waits for) one train step of `name`, the
+    parameter count, and the list the losses are appended to."""
     import keras
     import tensorflow as tf
     import tf_lamb
@@ -128,12 +131,12 @@ def run_candidate(args):
     params = sum(int(math.prod(v.shape)) for v in variables)
 
     optimizer = None
-    if args.worker == "tf_lamb":
+    if name == "tf_lamb":
         optimizer = tf_lamb.Lamb(learning_rate=args.learning_rate)
-    elif args.worker == "keras_lamb":
+    elif name == "keras_lamb":
         optimizer = keras.optimizers.Lamb(learning_rate=args.learning_rate)
-    elif args.worker != "fwd_bwd":
-        raise ValueError(f"Unknown candidate {args.worker!r}")
+    elif name != "fwd_bwd":
+        raise ValueError(f"Unknown candidate {name!r}")
     if optimizer is not None:
         optimizer.build(variables)
 
@@ -164,13 +167,40 @@ def run_candidate(args):
         loss, _ = compiled()
         losses.append(float(loss))  # also waits for the step
 
-    times = _common.time_steps(call, args.steps, args.warmup)
-    result = {"candidate": args.worker, "times_s": times,
-              "parameters": params, "first_loss": losses[0],
-              "last_loss": losses[-1],
+    return call, params, losses
+
+
+def _result(name, times, params, losses):
+    result = {"candidate": name, "times_s": times, "parameters": params,
+              "first_loss": losses[0], "last_loss": losses[-1],
               "finite": all(math.isfinite(x) for x in losses)}
     result.update(_common.summarize(times))
     return result
+
+
+def run_candidate(args):
+    """One candidate alone (a worker subprocess)."""
+    call, params, losses = setup_candidate(args, args.worker)
+    times = _common.time_steps(call, args.steps, args.warmup)
+    return _result(args.worker, times, params, losses)
+
+
+def run_interleaved(args):
+    """All candidates in this process, their steps taken in turn, so that
+    the load of a shared machine weighs on all of them alike."""
+    setups = {}
+    for name in args.candidate_list:
+        print(f"[train_step] building and compiling {name} ...",
+              file=sys.stderr, flush=True)
+        setups[name] = setup_candidate(args, name)
+        for _ in range(args.warmup):
+            setups[name][0]()
+    times = {name: [] for name in setups}
+    for _ in range(args.steps):
+        for name, (call, _, _) in setups.items():
+            times[name] += _common.time_steps(call, 1, 0)
+    return {name: _result(name, times[name], params, losses)
+            for name, (_, params, losses) in setups.items()}
 
 
 def parse_args(argv):
@@ -190,8 +220,11 @@ def parse_args(argv):
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--candidates", default=",".join(CANDIDATES),
                         help="comma-separated, from: " + ", ".join(CANDIDATES))
-    parser.add_argument("--isolation", choices=("process", "none"),
-                        default="process")
+    parser.add_argument("--isolation", choices=("none", "process"),
+                        default="none",
+                        help="none: all candidates in this process, steps "
+                        "interleaved (default); process: one subprocess each, "
+                        "one after the other")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--json_out", default=None)
@@ -222,18 +255,16 @@ def _worker_argv(args, worker):
 
 def benchmark(args):
     load_before = _common.load_average()
-    candidates = {}
-    for name in args.candidate_list:
-        print(f"[train_step] running {name} ...", file=sys.stderr,
-              flush=True)
-        if args.isolation == "process":
+    if args.isolation == "none":
+        candidates = run_interleaved(args)
+    else:
+        candidates = {}
+        for name in args.candidate_list:
+            print(f"[train_step] running {name} ...", file=sys.stderr,
+                  flush=True)
             candidates[name] = _common.run_worker(
                 "benchmarks.train_step", _worker_argv(args, name),
                 args.timeout, args.verbose)
-        else:
-            worker_args = argparse.Namespace(**vars(args))
-            worker_args.worker = name
-            candidates[name] = run_candidate(worker_args)
     first = next(iter(candidates.values()))
     result = {
         "benchmark": "train_step",
@@ -243,6 +274,8 @@ def benchmark(args):
         "parameters": first["parameters"],
         "steps": args.steps,
         "warmup": args.warmup,
+        "isolation": args.isolation,
+        "tf_lamb_source": _common.tf_lamb_source(),
         "candidates": {
             name: {k: r[k] for k in ("median_s", "min_s", "max_s", "times_s",
                                      "first_loss", "last_loss", "finite")}

@@ -35,7 +35,7 @@ def _check_optimizer_step(result):
         assert _positive(candidate["median_s"]), name
         assert _positive(candidate["min_s"]), name
         assert candidate["min_s"] <= candidate["median_s"]
-        assert len(candidate["times_s"]) == result["steps"]
+        assert len(candidate["times_s"]) == result["steps"] * result["rounds"]
         assert isinstance(candidate["rss_added_bytes"], int)
     json.dumps(result)  # the JSON line is valid
 
@@ -51,6 +51,7 @@ def test_optimizer_step_in_process(tmp_path):
     out = tmp_path / "result.json"
     result = optimizer_step.main([
         "--model=tiny", "--steps=2", "--warmup=1", "--isolation=none",
+        "--rounds=2",
         "--bandwidth_mb=8", "--bandwidth_repeats=2", f"--json_out={out}"])
     _check_optimizer_step(result)
     assert set(result["candidates"]) == set(optimizer_step.DEFAULT_CANDIDATES)
