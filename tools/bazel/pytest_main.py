@@ -27,8 +27,9 @@ def main(argv):
     if code in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR):
         # Most often a collection error: a module the file imports is not in
         # the runfiles.
-        print("\nIf a module of this project could not be imported, give the "
-              "test the package's py_library in deps (tests/BUILD, _DEPS).")
+        print("\nIf a module of this project could not be imported: a test "
+              "gets //tf_lamb, //train or //benchmarks by its file name; "
+              "see _DEPS in tests/BUILD.")
     return code
 
 
