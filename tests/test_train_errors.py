@@ -47,6 +47,9 @@ def _data(records, files=None):
      "--train_batch_size=8 is not divisible by the 1 replica"),
     (["--strategy=multi_worker"], "TF_CONFIG"),
     (["--exclude_from_weight_decay=("], "invalid regular expression"),
+    (["--loss_scale_factor=8", "--mixed_precision=mixed_float16"],
+     "contradict"),
+    (["--ema_overwrite_frequency=2"], "needs --use_ema"),
 ])
 def test_contradictory_or_impossible_flags(args, match, tmp_path):
     _fails(SMALL + args, match, tmp_path)
@@ -168,3 +171,19 @@ def test_tfds_without_the_package(tmp_path):
         pass
     _fails(SMALL + ["--tfds_name=wikipedia/20230601.en"],
            "needs the tensorflow-datasets package", tmp_path)
+
+
+def test_model_dir_of_another_size_with_learnt_vocab(records, tmp_path):
+    text = os.path.join(records["dir"], "corpus.txt")
+    model_dir = str(tmp_path / "run")
+    args = SMALL + [f"--input_file={text}", f"--model_dir={model_dir}",
+                    "--dupe_factor=1", "--vocab_size=300",
+                    "--export_dir=none"]
+    pretrain.run_with_args(args)
+    listing = sorted(os.walk(model_dir))
+    stamps = {os.path.join(d, n): os.path.getmtime(os.path.join(d, n))
+              for d, _, names in listing for n in names}
+    with pytest.raises(pretrain.InputError, match="another model"):
+        pretrain.run_with_args(args + ["--model_size=mini"])
+    assert sorted(os.walk(model_dir)) == listing
+    assert stamps == {p: os.path.getmtime(p) for p in stamps}

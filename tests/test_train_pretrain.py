@@ -202,12 +202,16 @@ def test_mixed_precision(records, tmp_path, precision):
     assert result["trainer"].variables[0].dtype == "float32"
 
 
-def test_jit_compile_run(records, tmp_path):
+def test_jit_compile_with_static_loss_scale_and_ema(records, tmp_path):
     result = pretrain.run_with_args(
         SMALL + _data_args(records) + [
-            f"--model_dir={tmp_path}/run", "--num_train_steps=2",
-            "--log_steps=1", "--jit_compile", "--export_dir=none"])
+            f"--model_dir={tmp_path}/run", "--num_train_steps=3",
+            "--log_steps=1", "--jit_compile", "--export_dir=none",
+            "--loss_scale_factor=128", "--use_ema", "--max_trust_ratio=10"])
     assert all(np.isfinite(h["mlm_loss"]) for h in result["history"])
+    optimizer = result["trainer"].optimizer
+    assert optimizer.jit_compile and optimizer.loss_scale_factor == 128
+    assert optimizer.use_ema and optimizer.max_trust_ratio == 10
 
 
 def test_help_lists_every_flag_with_help():

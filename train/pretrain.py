@@ -115,10 +115,10 @@ def define_flags():
                          "Micro-batches per optimizer update: each replica "
                          "runs train_batch_size / (replicas * this) "
                          "examples at a time.")
-    flags.DEFINE_integer("num_train_steps", 2000,
+    flags.DEFINE_integer("num_train_steps", 500,
                          "Optimizer updates in total (phase 2 included).")
-    flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
-    flags.DEFINE_integer("warmup_steps", 200,
+    flags.DEFINE_float("learning_rate", 1e-2, "Peak learning rate.")
+    flags.DEFINE_integer("warmup_steps", 50,
                          "Updates of linear warmup, after which the rate "
                          "decays polynomially to --end_learning_rate.")
     flags.DEFINE_float("end_learning_rate", 0.0,
@@ -179,6 +179,10 @@ def define_flags():
     flags.DEFINE_integer("ema_overwrite_frequency", None,
                          "LAMB: overwrite the weights with their average "
                          "every this many updates (needs --use_ema).")
+    flags.DEFINE_float("loss_scale_factor", None,
+                       "LAMB: a static loss scale; the loss is multiplied "
+                       "by it and the gradients divided by it (for "
+                       "mixed_float16, dynamic scaling is used instead).")
     # -- performance -----------------------------------------------------------
     flags.DEFINE_enum("mixed_precision", "float32", PRECISIONS,
                       "Keras dtype policy. mixed_float16 scales the loss "
@@ -192,12 +196,12 @@ def define_flags():
                         "Checkpoints, TensorBoard events, config, vocabulary "
                         "and generated data. A run resumes from the last "
                         "checkpoint found here.")
-    flags.DEFINE_integer("save_checkpoints_steps", 250,
+    flags.DEFINE_integer("save_checkpoints_steps", 100,
                          "Save a checkpoint every this many updates (and at "
                          "the end).")
     flags.DEFINE_integer("keep_checkpoint_max", 3,
                          "Newest checkpoints kept.")
-    flags.DEFINE_integer("log_steps", 100,
+    flags.DEFINE_integer("log_steps", 50,
                          "Print progress and write summaries every this "
                          "many updates.")
     flags.DEFINE_string("export_dir", None,
@@ -307,6 +311,14 @@ def check_flags():
         value = getattr(f, name)
         if value is not None and value < 0:
             raise InputError(f"--{name} must be >= 0, got {value}")
+    if f.loss_scale_factor is not None:
+        if f.loss_scale_factor <= 0:
+            raise InputError(f"--loss_scale_factor must be > 0, got "
+                             f"{f.loss_scale_factor}")
+        if f.mixed_precision == "mixed_float16":
+            raise InputError("--loss_scale_factor and "
+                             "--mixed_precision=mixed_float16 (dynamic loss "
+                             "scaling) contradict each other; give one")
     if f.ema_overwrite_frequency is not None and not f.use_ema:
         raise InputError("--ema_overwrite_frequency needs --use_ema")
     if not 0 <= f.ema_momentum <= 1:
@@ -436,16 +448,21 @@ def check_model_dir(config):
     if not tf.io.gfile.exists(path):
         raise InputError(f"--model_dir {f.model_dir} holds a checkpoint but "
                          f"no bert_config.json: not a run of this program")
-    if config is not None:
-        with tf.io.gfile.GFile(path) as fh:
-            saved = json.load(fh)
-        if saved != config.to_dict():
-            changed = sorted(k for k in set(saved) | set(config.to_dict())
-                             if saved.get(k) != config.to_dict().get(k))
-            raise InputError(
-                f"--model_dir {f.model_dir} holds a checkpoint of another "
-                f"model (differs in {', '.join(changed)}); use a new "
-                f"--model_dir")
+    with tf.io.gfile.GFile(path) as fh:
+        saved = json.load(fh)
+    if config is None:
+        # The vocabulary is still to be learnt: compare all but its size.
+        from train import modeling
+        config = modeling.BertConfig.for_size(
+            f.model_size, saved.get("vocab_size", 1))
+    wanted = config.to_dict()
+    if saved != wanted:
+        changed = sorted(k for k in set(saved) | set(wanted)
+                         if saved.get(k) != wanted.get(k))
+        raise InputError(
+            f"--model_dir {f.model_dir} holds a checkpoint of another "
+            f"model (differs in {', '.join(changed)}); use a new "
+            f"--model_dir")
 
 
 def load_tfds_documents():
@@ -596,6 +613,7 @@ def make_optimizer(schedule):
         use_ema=f.use_ema, ema_momentum=f.ema_momentum,
         ema_overwrite_frequency=f.ema_overwrite_frequency,
         gradient_accumulation_steps=k if k > 1 else None,
+        loss_scale_factor=f.loss_scale_factor,
         max_trust_ratio=f.max_trust_ratio,
         bias_correction=f.bias_correction, jit_compile=f.jit_compile,
         exclude_from_weight_decay=list(f.exclude_from_weight_decay or []),
@@ -654,6 +672,7 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, step=self.step)
         self.seed = f.seed
         self.loss_scaling = f.mixed_precision == "mixed_float16"
+        self.static_scale = f.loss_scale_factor
         self._compiled = tf.function(self._forward_backward,
                                      jit_compile=f.jit_compile,
                                      reduce_retracing=True)
@@ -677,6 +696,8 @@ class Trainer:
             loss = (mlm + nsp) / self.replicas
             if self.loss_scaling:
                 loss = self.optimizer.scale_loss(loss)
+            elif self.static_scale:
+                loss = loss * self.static_scale
         grads = tape.gradient(loss, self.variables)
         grads = [tf.convert_to_tensor(g) for g in grads]
         # Squared norms of this replica's gradient of the mean loss.
@@ -684,6 +705,8 @@ class Trainer:
         if self.loss_scaling:
             factor = factor / tf.square(tf.cast(
                 self.optimizer.dynamic_scale, tf.float32))
+        elif self.static_scale:
+            factor = factor / self.static_scale ** 2
         squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) * factor
                    for g in grads]
         return grads, stats, squares
