@@ -120,6 +120,21 @@ def _check_non_negative(name, value):
            "must be a non-negative number or None")
 
 
+def _checked_patterns(argument, names):
+    """`names` as a tuple of regular expressions; ValueError if it isn't."""
+    _check(names is None or (not isinstance(names, str) and all(
+        isinstance(n, str) for n in names)), argument, names,
+        "must be a list of regular expressions")
+    for pattern in names or ():
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(
+                f"Argument `{argument}` holds an invalid regular expression "
+                f"{pattern!r}: {error}") from None
+    return tuple(names or ())
+
+
 def _path(variable):
     return getattr(variable, "path", None) or variable.name
 
@@ -257,19 +272,8 @@ class Lamb(keras.optimizers.Optimizer):
                    and ema_overwrite_frequency >= 1,
                    "ema_overwrite_frequency", ema_overwrite_frequency,
                    "must be an integer >= 1 or None")
-        for arg, names in (("exclude_from_weight_decay", wd_names),
-                           ("exclude_from_layer_adaptation",
-                            adaptation_names)):
-            _check(names is None or (not isinstance(names, str) and all(
-                isinstance(n, str) for n in names)), arg, names,
-                "must be a list of regular expressions")
-            for pattern in names or ():
-                try:
-                    re.compile(pattern)
-                except re.error as error:
-                    raise ValueError(
-                        f"Argument `{arg}` holds an invalid regular "
-                        f"expression {pattern!r}: {error}") from None
+        _checked_patterns("exclude_from_weight_decay", wd_names)
+        _checked_patterns("exclude_from_layer_adaptation", adaptation_names)
 
         super().__init__(
             learning_rate=learning_rate,
@@ -319,14 +323,7 @@ class Lamb(keras.optimizers.Optimizer):
     # -- exclusions ---------------------------------------------------------
 
     def _exclusions(self, var_list, var_names, argument):
-        names = tuple(var_names or ())
-        for pattern in names:
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(
-                    f"`{argument}` got an invalid regular expression "
-                    f"{pattern!r}: {error}") from None
+        names = _checked_patterns(argument, var_names)
         ids = tuple(self._var_key(v) for v in var_list or ())
         self._programs.clear()  # the exclusions are baked into the programs
         return ids, names
