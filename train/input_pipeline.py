@@ -36,8 +36,9 @@ def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
     """Files matching the patterns, after checking that they hold examples
     of the expected shapes with ids below `vocab_size`.
 
-    Files up to `full_check_bytes` are read whole (every record's CRC is
-    checked); of bigger ones the first `records_checked` records.
+    Files are read whole (every record's CRC is checked) while their total
+    size stays within `full_check_bytes`; of the others only the first
+    `records_checked` records are read, so that big data sets start fast.
     Raises ValueError naming the file and the problem.
     """
     files = []
@@ -47,13 +48,16 @@ def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
             raise ValueError(f"No TFRecord file matches {pattern!r}")
         files.extend(matched)
     spec = feature_spec(max_seq_length, max_predictions)
+    budget = full_check_bytes
     for path in files:
         size = tf.io.gfile.stat(path).length
         if size == 0:
             raise ValueError(f"TFRecord file {path} is empty")
         dataset = tf.data.TFRecordDataset(path)
-        if size > full_check_bytes:
+        if size > budget:
             dataset = dataset.take(records_checked)
+        else:
+            budget -= size
         count, max_id = 0, -1
         try:
             for batch in dataset.batch(1024):

@@ -29,6 +29,7 @@ Examples:
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -518,7 +519,8 @@ def _data_key(source, phase_list, vocab_file, vocab_target):
     }
 
 
-def prepare_data(data_dir, documents_fn, source, phase_list, config):
+def prepare_data(data_dir, documents_fn, source, phase_list, config,
+                 fingerprint=None):
     """Makes (or reuses) TFRecords for every phase in `data_dir`.
 
     Returns the vocabulary file.  A vocabulary is learnt when --vocab_file
@@ -529,6 +531,7 @@ def prepare_data(data_dir, documents_fn, source, phase_list, config):
     f = FLAGS
     vocab_target = config.vocab_size if config else f.vocab_size
     key = _data_key(source, phase_list, f.vocab_file, vocab_target)
+    key["fingerprint"] = fingerprint
     meta_path = os.path.join(data_dir, "metadata.json")
     vocab_file = f.vocab_file or os.path.join(data_dir, "vocab.txt")
     names = [os.path.join(data_dir, f"phase{i + 1}.tfrecord")
@@ -678,6 +681,9 @@ class Trainer:
                                      reduce_retracing=True)
         self.train_step = tf.function(self._train_step)
         self.reset_stats = tf.function(self._reset_stats)
+        # Norms computed where the weights live; only scalars are copied.
+        self._weight_norms = tf.function(lambda: [
+            tf.norm(tf.cast(v.value, tf.float32)) for v in self.variables])
 
     # -- the compiled pieces ---------------------------------------------------
 
@@ -749,12 +755,10 @@ class Trainer:
 
     def read_stats(self):
         """Means since the last reset; every worker must call it."""
-        import numpy as np
         s = {name: float(v.numpy()) for name, v in self.stats.items()}
         count = max(float(self.grad_count.numpy()), 1.0)
-        w_norms = [float(np.linalg.norm(v.numpy().astype(np.float32)))
-                   for v in self.variables]
-        g_norms = [float(np.sqrt(max(g.numpy(), 0.0) / count))
+        w_norms = [float(n) for n in self._weight_norms()]
+        g_norms = [math.sqrt(max(float(g.numpy()), 0.0) / count)
                    for g in self.grad_sq]
         self.reset_stats()
         return {
@@ -866,7 +870,7 @@ def run():
                          f"{type(error).__name__}: {error}") from None
     check_batch_sizes(phase_list, strategy.num_replicas_in_sync)
     config, _ = resolve_model(phase_list)
-    documents_fn, source = None, None
+    documents_fn, source, fingerprint = None, None, None
     if f.train_files:
         from train import input_pipeline
         try:
@@ -882,7 +886,15 @@ def run():
             documents = cpd.read_documents(f.input_file)
         except ValueError as error:
             raise InputError(str(error)) from None
+        # The files' sizes and times are part of the name, so that
+        # examples made from an older version of the text are not reused.
+        stamps = []
+        for pattern in f.input_file:
+            for path in sorted(tf.io.gfile.glob(pattern)):
+                stat = tf.io.gfile.stat(path)
+                stamps.append(f"{path}@{stat.length}:{stat.mtime_nsec}")
         source = "text files " + ",".join(f.input_file)
+        fingerprint = stamps
         documents_fn = lambda: documents  # noqa: E731
     elif f.tfds_name:
         documents = load_tfds_documents()
@@ -903,7 +915,8 @@ def run():
     vocab_file = f.vocab_file
     if documents_fn is not None:
         vocab_file = prepare_data(os.path.join(work_dir, "data"),
-                                  documents_fn, source, phase_list, config)
+                                  documents_fn, source, phase_list, config,
+                                  fingerprint)
     if config is None:
         from train import modeling
         config = modeling.BertConfig.for_size(
