@@ -2,6 +2,7 @@
 unless a separate process is the point)."""
 
 import glob
+import json
 import os
 import re
 import time
@@ -239,3 +240,28 @@ def test_help_lists_every_flag_with_help():
         assert re.search(rf"--(\[no\])?{name}: \S", text), name
     for flag in pretrain.FLAGS.get_key_flags_for_module(pretrain):
         assert flag.help and flag.help.strip(), flag.name
+
+
+def test_bert_config_file_with_a_learnt_vocabulary(records, tmp_path):
+    config = tmp_path / "bert_config.json"
+    config.write_text(json.dumps({
+        "vocab_size": 700, "hidden_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "intermediate_size": 128,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 64,
+        "type_vocab_size": 2, "initializer_range": 0.02}))
+    text = os.path.join(os.path.dirname(records["vocab"]), "corpus.txt")
+    model_dir = tmp_path / "run"
+    result = pretrain.run_with_args(
+        SMALL + [f"--input_file={text}", f"--bert_config_file={config}",
+                 f"--model_dir={model_dir}", "--num_train_steps=2",
+                 "--log_steps=1", "--dupe_factor=1", "--export_dir=none"])
+    vocab = (model_dir / "vocab.txt").read_text().splitlines()
+    # The learnt vocabulary is padded to the config's size.
+    assert len(vocab) == 700 and vocab[-1].startswith("[unused")
+    assert result["config"].hidden_size == 64
+    saved = json.loads((model_dir / "bert_config.json").read_text())
+    assert saved == json.loads(config.read_text())
+    kernel = [v for v in result["trainer"].variables
+              if v.path == "bert/encoder/layer_0/attention/self/query/kernel"]
+    assert kernel and tuple(kernel[0].shape) == (64, 64)

@@ -959,6 +959,9 @@ def run():
           f"{trainer.replicas} replica(s); steps {start_step} -> {total}",
           flush=True)
 
+    if start_step >= total:
+        print(f"Training is complete (step {start_step} of --num_train_steps="
+              f"{total}); only the export is redone", flush=True)
     history = []
     step = start_step
     boundaries = [0]
@@ -1003,14 +1006,13 @@ def run():
                                  "nsp_accuracy", "learning_rate",
                                  "examples_per_second"):
                         _scalar(name, record[name])
-                    _scalar("loss", record["mlm_loss"]
-                                      + record["nsp_loss"])
+                    _scalar("loss", record["mlm_loss"] + record["nsp_loss"])
                     for path, w, g in zip(paths, stats["weight_norms"],
                                           stats["grad_norms"]):
                         _scalar(f"weight_norm/{path}", w)
                         _scalar(f"grad_norm/{path}", g)
                         _scalar(f"trust_ratio/{path}",
-                                          w / g if g > 0 else 1.0)
+                                w / g if g > 0 else 1.0)
                 writer.flush()
                 interval_start, interval_step = time.time(), step
             if step % f.save_checkpoints_steps == 0 or step == total:
