@@ -90,7 +90,9 @@ def test_cli_writes_google_bert_records(tmp_path):
     assert 0.45 < labels.mean() < 0.85
 
 
-def _vocab_and_documents(tmp_path):
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("masking")
     text = _testing.write_small_corpus(str(tmp_path / "t.txt"), 400)
     documents = cpd.read_documents([text])
     vocab_tokens = cpd.learn_vocab(documents, 800)
@@ -100,8 +102,8 @@ def _vocab_and_documents(tmp_path):
 
 
 @pytest.mark.parametrize("whole_word", [False, True])
-def test_masking_statistics(tmp_path, whole_word):
-    documents, tokens = _vocab_and_documents(tmp_path)
+def test_masking_statistics(tokenized, whole_word):
+    documents, tokens = tokenized
     vocab = cpd.Vocab(tokens)
     instances = cpd.create_instances(
         documents, vocab, max_seq_length=64, max_predictions=64,
