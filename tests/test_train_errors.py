@@ -196,3 +196,11 @@ def test_model_dir_of_another_size_with_learnt_vocab(records, tmp_path):
         pretrain.run_with_args(args + ["--model_size=mini"])
     assert sorted(os.walk(model_dir)) == listing
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
+
+
+def test_text_too_short_for_a_sentence_pair(tmp_path):
+    text = tmp_path / "one.txt"
+    text.write_text("Only one sentence is here.\n")
+    _fails(SMALL + [f"--input_file={text}"], "holds one sentence", tmp_path)
+    _fails(SMALL + [f"--input_file={tmp_path}/missing*.txt"],
+           "No input file matches", tmp_path)

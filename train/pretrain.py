@@ -14,6 +14,20 @@ corpus built on the fly from the docstrings of the Python standard library
                                 segment_ids) -> sequence_output,
                                 pooled_output
 
+Every --log_steps updates it prints the step, MLM and NSP loss, MLM
+accuracy, learning rate, examples/s and ETA, and writes them as TensorBoard
+scalars together with, per variable, `weight_norm/<path>` (||w||),
+`grad_norm/<path>` (||g||, g a replica's gradient of the mean loss, RMS over
+replicas and micro-batches) and `trust_ratio/<path>` = ||w|| / ||g||.
+(LAMB's own ratio ||w|| / ||r|| uses the Adam direction r, which stays inside
+the optimizer.)
+
+Training runs in a custom loop: `strategy.run` of a replica step inside a
+tf.function; with --jit_compile the forward and backward pass (and LAMB's
+update) are XLA programs.  A run resumes from the newest checkpoint in
+--model_dir (weights, optimizer slots, step; the data order is replayed), so
+a killed run loses at most --save_checkpoints_steps updates.
+
 Your own data replaces the default corpus with --input_file (text: one
 sentence per line, blank line between documents), --train_files (TFRecords
 from `python -m train.create_pretraining_data`) or --tfds_name.
@@ -886,6 +900,10 @@ def run():
             documents = cpd.read_documents(f.input_file)
         except ValueError as error:
             raise InputError(str(error)) from None
+        if len(documents) < 2 and max(map(len, documents)) < 2:
+            raise InputError(
+                f"--input_file={','.join(f.input_file)} holds one sentence; "
+                f"sentence pairs need two sentences or two documents")
         # The files' sizes and times are part of the name, so that
         # examples made from an older version of the text are not reused.
         stamps = []
