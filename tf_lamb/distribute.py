@@ -1,6 +1,7 @@
 """Build a `tf.distribute.Strategy` from a name, for command-line programs."""
 
 import os
+import socket
 
 import tensorflow as tf
 
@@ -25,6 +26,16 @@ def make_strategy(name, tpu=None, num_gpus=None):
     if name not in STRATEGIES:
         raise ValueError(
             f"Unknown strategy {name!r}; expected one of {list(STRATEGIES)}")
+    # These two must come first: listing devices starts TensorFlow's runtime,
+    # after which collective ops (multi_worker) can no longer be configured.
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "strategy 'multi_worker' needs the TF_CONFIG environment "
+                "variable (cluster and task of this worker)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy(tpu)
     gpus = tf.config.list_logical_devices("GPU")
     if num_gpus is not None and not 0 <= num_gpus <= len(gpus):
         raise ValueError(
@@ -37,23 +48,36 @@ def make_strategy(name, tpu=None, num_gpus=None):
         if not devices:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "strategy 'multi_worker' needs the TF_CONFIG environment "
-                "variable (cluster and task of this worker)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return _tpu_strategy(tpu)
+
+
+def check_tpu_address(address, timeout=10.0):
+    """Fails fast when a `grpc://host:port` TPU address refuses connections.
+
+    TensorFlow's own connection attempt would wait for minutes.
+    """
+    if not address.startswith("grpc://"):
+        return
+    host, _, port = address[len("grpc://"):].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"TPU address {address!r} is not grpc://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)),
+                                 timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(f"No TPU reachable at {address}: {error}") from None
 
 
 def _tpu_strategy(tpu):
     address = tpu or os.environ.get("TPU_NAME", "")
+    check_tpu_address(address)
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
             tpu=address)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+    # A TPU name is looked up over the network (URLError, HTTPError, ...).
+    except Exception as error:  # pylint: disable=broad-except
         where = address or "the environment (no --tpu, no TPU_NAME)"
-        raise ValueError(f"No TPU reachable at {where}: {error}") from None
+        raise ValueError(f"No TPU reachable at {where}: "
+                         f"{type(error).__name__}: {error}") from None
     return tf.distribute.TPUStrategy(resolver)

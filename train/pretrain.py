@@ -373,23 +373,6 @@ def check_flags():
         raise InputError("--export_dir must differ from --model_dir")
 
 
-def check_tpu_address(tpu, timeout=10.0):
-    """A grpc://host:port TPU address must accept connections (the TPU
-    runtime would otherwise wait for it for minutes)."""
-    import socket
-    if not tpu or not tpu.startswith("grpc://"):
-        return
-    address = tpu[len("grpc://"):]
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--tpu={tpu} is not of the form grpc://host:port")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)),
-                                 timeout=timeout).close()
-    except OSError as error:
-        raise InputError(f"No TPU reachable at {tpu}: {error}") from None
-
-
 def phases():
     f = FLAGS
     result = [Phase(f.num_train_steps - f.phase2_steps, f.max_seq_length,
@@ -864,24 +847,10 @@ def run():
     import tensorflow as tf
     from tf_lamb.distribute import make_strategy
     import keras
-    if f.strategy == "tpu":
-        check_tpu_address(f.tpu)
     try:
-        if f.strategy == "multi_worker" and "TF_CONFIG" in os.environ:
-            # tf_lamb.distribute.make_strategy lists the devices first, which
-            # starts TensorFlow's runtime too early for the collective ops of
-            # MultiWorkerMirroredStrategy; build that one directly.
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        else:
-            strategy = make_strategy(f.strategy, tpu=f.tpu,
-                                     num_gpus=f.num_gpus)
+        strategy = make_strategy(f.strategy, tpu=f.tpu, num_gpus=f.num_gpus)
     except ValueError as error:
         raise InputError(str(error)) from None
-    except Exception as error:  # e.g. URLError from the TPU name lookup
-        if f.strategy != "tpu":
-            raise
-        raise InputError(f"No TPU reachable at {f.tpu or 'TPU_NAME'}: "
-                         f"{type(error).__name__}: {error}") from None
     check_batch_sizes(phase_list, strategy.num_replicas_in_sync)
     config, _ = resolve_model(phase_list)
     documents_fn, source, fingerprint = None, None, None
