@@ -170,3 +170,26 @@ def test_multi_worker_two_processes_equal_single_device(tmp_path):
     error = max_relative_error(results[0], single)
     print(f"multi-worker vs single: {error:.3g}")
     assert error <= 1e-6
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("bogus", {}, "Unknown strategy 'bogus'"),
+    ("tpu", {"tpu": "grpc://127.0.0.1:1"}, "No TPU reachable at grpc://"),
+    ("tpu", {"tpu": "grpc://no-port"}, "not grpc://host:port"),
+    ("mirrored", {"num_gpus": 3}, "num_gpus=3"),
+])
+def test_make_strategy_errors_name_the_problem(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_strategy(name, **kwargs)
+
+
+def test_make_strategy_multi_worker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        make_strategy("multi_worker")
+
+
+def test_make_strategy_one_device_runs_on_cpu():
+    strategy = make_strategy("one_device")
+    assert strategy.num_replicas_in_sync == 1
+    assert "CPU" in strategy.extended.worker_devices[0]
