@@ -31,7 +31,7 @@ def update_moments(gradient, m, v, beta_1, beta_2):
 
 
 def lamb_direction(m, v, weight, beta_1_power, beta_2_power, epsilon,
-                   weight_decay):
+                   weight_decay, as_product=False):
     """The layer's update direction before the trust ratio.
 
     r_t = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w,
@@ -39,10 +39,17 @@ def lamb_direction(m, v, weight, beta_1_power, beta_2_power, epsilon,
 
     With bias correction off, pass beta powers of 0 (m_hat = m_t, v_hat = v_t).
     `weight_decay` is a Python float: 0 drops the term from the program.
+    `as_product` writes the divisions as products with reciprocals: the same
+    r to rounding, in a form XLA will not merge with the quotient form.
     """
-    m_hat = m / (1.0 - beta_1_power)
-    v_hat = v / (1.0 - beta_2_power)
-    direction = m_hat / (tf.sqrt(v_hat) + epsilon)
+    if as_product:
+        m_hat = m * (1.0 / (1.0 - beta_1_power))
+        v_hat = v * (1.0 / (1.0 - beta_2_power))
+        direction = m_hat * tf.math.reciprocal(tf.sqrt(v_hat) + epsilon)
+    else:
+        m_hat = m / (1.0 - beta_1_power)
+        v_hat = v / (1.0 - beta_2_power)
+        direction = m_hat / (tf.sqrt(v_hat) + epsilon)
     if weight_decay:
         direction = direction + weight_decay * weight
     return direction
@@ -520,7 +527,12 @@ class Lamb(keras.optimizers.Optimizer):
             ratio = trust_ratio(tf.sqrt(sum_of_squares(weight)),
                                 tf.sqrt(sum_of_squares(direction)),
                                 self.max_trust_ratio)
-            direction = ratio * direction
+            # r again, in a form XLA does not share with the norm's pass, so
+            # r is never written out: the norm's and the update's loops each
+            # read w, m, v (28 B/param in all, instead of 32 with r stored).
+            direction = ratio * lamb_direction(
+                m, v, weight, beta_1_power, beta_2_power, self.epsilon, decay,
+                as_product=True)
         new_weight = tf.where(finite, weight - learning_rate * direction,
                               weight)
         w.assign(tf.cast(new_weight, w.dtype))
