@@ -75,10 +75,6 @@ def define_flags():
     flags.DEFINE_integer("num_gpus", None,
                          "GPUs to use with one_device/mirrored (0: the "
                          "CPU); default: all visible GPUs, else the CPU.")
-    flags.DEFINE_integer("intra_op_threads", len(os.sched_getaffinity(0)),
-                         "Threads TensorFlow uses inside one op (XLA "
-                         "programs included); 0 leaves TensorFlow's own "
-                         "choice, which was 1 on some 2-core VMs.")
     # -- model ---------------------------------------------------------------
     flags.DEFINE_enum("model_size", "tiny", MODEL_SIZE_NAMES,
                       "Preset BERT size (layers/hidden/heads): tiny 2/128/2, "
@@ -851,12 +847,6 @@ def run():
     import tensorflow as tf
     from tf_lamb.distribute import make_strategy
     import keras
-    if f.intra_op_threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(
-                f.intra_op_threads)
-        except RuntimeError:  # TensorFlow already started (in-process use)
-            logging.info("--intra_op_threads ignored: TensorFlow is running")
     try:
         strategy = make_strategy(f.strategy, tpu=f.tpu, num_gpus=f.num_gpus)
     except ValueError as error:
