@@ -26,6 +26,7 @@ class NumpyLamb:
         self.bias_correction = bias_correction
         self.t = 0
         self.clipped = 0  # how often max_trust_ratio was binding
+        self.trust_ratios = [1.0] * len(self.w)  # phi of the last step
 
     def step(self, grads, lr, beta_1, beta_2):
         self.t += 1
@@ -48,6 +49,7 @@ class NumpyLamb:
             if self.max_trust_ratio is not None and phi > self.max_trust_ratio:
                 phi = self.max_trust_ratio
                 self.clipped += 1
+            self.trust_ratios[i] = phi
             self.w[i] = self.w[i] - lr * phi * r
 
 

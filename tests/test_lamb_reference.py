@@ -81,6 +81,8 @@ def test_matches_numpy_algorithm_2(bias_correction, jit_compile):
     assert error <= 1e-5
     # The zero-initialised variable moved (trust ratio 1, not 0/0).
     assert np.any(actual[3] != 0)
+    np.testing.assert_allclose(optimizer.trust_ratios.numpy(),
+                               reference.trust_ratios, rtol=1e-5)
 
 
 def test_equals_keras_lamb_without_weight_decay():

@@ -399,6 +399,18 @@ class Lamb(keras.optimizers.Optimizer):
                 continue
             self._momentums.append(self._add_slot(variable, "momentum"))
             self._velocities.append(self._add_slot(variable, "velocity"))
+        self._trust_ratios = self.add_variable(
+            shape=(len(var_list),), initializer="ones", dtype="float32",
+            name="trust_ratios")
+
+    @property
+    def trust_ratios(self):
+        """phi of the last applied update, one per variable (build order).
+
+        1 for variables excluded from layer adaptation or not updated yet;
+        meant for summaries such as TensorBoard's per-layer trust ratio.
+        """
+        return self._trust_ratios
 
     # -- the step -------------------------------------------------------------
 
@@ -498,9 +510,15 @@ class Lamb(keras.optimizers.Optimizer):
         else:
             beta_1_power = beta_2_power = tf.constant(0.0)
 
-        for i, g in zip(indices, grads):
-            self._update_variable(i, g, finite, learning_rate, beta_1, beta_2,
-                                  beta_1_power, beta_2_power)
+        ratios = [self._update_variable(i, g, finite, learning_rate, beta_1,
+                                        beta_2, beta_1_power, beta_2_power)
+                  for i, g in zip(indices, grads)]
+        previous = self._trust_ratios.value.read_value()
+        self._trust_ratios.value.assign(tf.where(
+            finite,
+            tf.tensor_scatter_nd_update(previous, [[i] for i in indices],
+                                        tf.stack(ratios)),
+            previous))
         if self.use_ema:
             self._update_ema(indices, update_count, finite)
 
@@ -533,9 +551,12 @@ class Lamb(keras.optimizers.Optimizer):
             direction = ratio * lamb_direction(
                 m, v, weight, beta_1_power, beta_2_power, self.epsilon, decay,
                 as_product=True)
+        else:
+            ratio = tf.constant(1.0)
         new_weight = tf.where(finite, weight - learning_rate * direction,
                               weight)
         w.assign(tf.cast(new_weight, w.dtype))
+        return ratio
 
     def _clipped(self, grads, squared_norms):
         if self.clipnorm:
