@@ -18,9 +18,8 @@ Every --log_steps updates it prints the step, MLM and NSP loss, MLM
 accuracy, learning rate, examples/s and ETA, and writes them as TensorBoard
 scalars together with, per variable, `weight_norm/<path>` (||w||),
 `grad_norm/<path>` (||g||, g a replica's gradient of the mean loss, RMS over
-replicas and micro-batches) and `trust_ratio/<path>` = ||w|| / ||g||.
-(LAMB's own ratio ||w|| / ||r|| uses the Adam direction r, which stays inside
-the optimizer.)
+replicas and micro-batches) and `trust_ratio/<path>`, LAMB's phi =
+||w|| / ||r|| of the last update (`tf_lamb.Lamb.trust_ratios`).
 
 Training runs in a custom loop: `strategy.run` of a replica step inside a
 tf.function; with --jit_compile the forward and backward pass (and LAMB's
@@ -765,6 +764,9 @@ class Trainer:
             "nsp_accuracy": s["nsp_correct"] / max(s["nsp_count"], 1e-5),
             "weight_norms": w_norms,
             "grad_norms": g_norms,
+            # LAMB's own phi = ||w|| / ||r|| of the last update.
+            "trust_ratios": [float(r) for r in
+                             self.lamb.trust_ratios.numpy()],
         }
 
     def learning_rate(self, step):
@@ -994,12 +996,12 @@ def run():
                                  "examples_per_second"):
                         _scalar(name, record[name])
                     _scalar("loss", record["mlm_loss"] + record["nsp_loss"])
-                    for path, w, g in zip(paths, stats["weight_norms"],
-                                          stats["grad_norms"]):
+                    for path, w, g, ratio in zip(
+                            paths, stats["weight_norms"], stats["grad_norms"],
+                            stats["trust_ratios"]):
                         _scalar(f"weight_norm/{path}", w)
                         _scalar(f"grad_norm/{path}", g)
-                        _scalar(f"trust_ratio/{path}",
-                                w / g if g > 0 else 1.0)
+                        _scalar(f"trust_ratio/{path}", ratio)
                 writer.flush()
                 interval_start, interval_step = time.time(), step
             if step % f.save_checkpoints_steps == 0 or step == total:
