@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 import keras
 
-from numpy_lamb import NumpyLamb, max_relative_error
 from tf_lamb import Lamb
 
 

@@ -3,7 +3,6 @@ and the learning-rate schedule of the train package."""
 
 import collections
 import os
-import random
 
 import numpy as np
 import pytest

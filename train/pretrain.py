@@ -51,7 +51,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from train import create_pretraining_data as cpd
 
