@@ -29,9 +29,10 @@ def make_model(seed=3):
                              keras.layers.Dense(1)])
 
 
-def make_lamb():
+def make_lamb(jit_compile=True):
     return Lamb(learning_rate=0.02, weight_decay=0.01, global_clipnorm=0.5,
-                gradient_accumulation_steps=2, use_ema=True)
+                gradient_accumulation_steps=2, use_ema=True,
+                jit_compile=jit_compile)
 
 
 def train_custom_loop(strategy, x, y, make_optimizer=make_lamb,

@@ -33,11 +33,16 @@ def mirrored():
     return strategy
 
 
-def test_custom_loop_mirrored_equals_single_device():
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_custom_loop_mirrored_equals_single_device(jit_compile):
     x, y = dt.data()
+
+    def make():
+        return dt.make_lamb(jit_compile)
+
     single, single_opt = dt.train_custom_loop(tf.distribute.get_strategy(),
-                                              x, y)
-    multi, multi_opt = dt.train_custom_loop(mirrored(), x, y)
+                                              x, y, make)
+    multi, multi_opt = dt.train_custom_loop(mirrored(), x, y, make)
     error = max_relative_error(multi, single)
     print(f"custom loop, mirrored vs single: {error:.3g}")
     assert error <= 1e-6
