@@ -206,3 +206,20 @@ def test_gradient_accumulation_updates_every_n_steps_with_the_mean():
 def test_steps_of_one_means_no_accumulation():
     assert Lamb(gradient_accumulation_steps=1).gradient_accumulation_steps \
         is None
+
+
+def test_beta_variables_are_read_at_every_step():
+    beta_1, beta_2 = tf.Variable(0.9), keras.Variable(0.99)
+    variables = make_variables()
+    initial = [v.numpy() for v in variables]
+    gradients = make_gradients(6)
+    optimizer = Lamb(learning_rate=0.01, beta_1=beta_1, beta_2=beta_2)
+    reference = NumpyLamb(initial, [0.0] * len(SHAPES), [True] * len(SHAPES))
+    for step, grads in enumerate(gradients):
+        beta_1.assign(0.9 - 0.02 * step)
+        optimizer.apply_gradients(zip([tf.constant(g) for g in grads],
+                                      variables))
+        reference.step(grads, 0.01, np.float32(0.9 - 0.02 * step),
+                       np.float32(0.99))
+    assert max_relative_error([v.numpy() for v in variables],
+                              reference.w) <= 1e-5

@@ -9,7 +9,7 @@ from keras.optimizers import schedules
 
 # Slots of low-precision variables are kept in float32 so that v (a running
 # mean of g**2) neither underflows nor loses the small (1 - beta_2) updates.
-_LOW_PRECISION = (tf.float16, tf.bfloat16)
+_LOW_PRECISION = ("float16", "bfloat16")
 
 
 # ---------------------------------------------------------------------------
@@ -110,10 +110,13 @@ def _constant_value(value):
 
 
 def _check_beta(name, value):
-    if callable(value) and not (tf.is_tensor(value)
-                                or isinstance(value, keras.Variable)):
+    tensor_like = tf.is_tensor(value) or isinstance(
+        value, (tf.Variable, keras.Variable))
+    if callable(value) and not tensor_like:
         return  # evaluated at every step
     number = _constant_value(value)
+    if number is None and tensor_like:
+        return  # a variable: its value is read at every step
     _check(number is not None, name, value,
            "must be a float, a scalar tensor or a callable")
     _check(0.0 <= number < 1.0, name, value, "must be in [0, 1)")
@@ -376,7 +379,7 @@ class Lamb(keras.optimizers.Optimizer):
     # -- slots ----------------------------------------------------------------
 
     def _add_slot(self, variable, name):
-        if variable.dtype not in (tf.float16.name, tf.bfloat16.name):
+        if variable.dtype not in _LOW_PRECISION:
             return self.add_variable_from_reference(variable, name)
         tf_variable = getattr(variable, "value", variable)
         with self._distribution_strategy.extended.colocate_vars_with(
