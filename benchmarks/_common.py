@@ -195,6 +195,15 @@ def fmt_ratio(value):
     return f"{value:.2f}x"
 
 
+def print_load(machine):
+    """The load average at the end of a run: timings are only as good."""
+    load = machine["load_average"]
+    if load:
+        print(f"load average (1/5/15 min) at the end: "
+              f"{' '.join(f'{x:.2f}' for x in load)} on "
+              f"{machine['cpus']} CPUs")
+
+
 def print_table(header, rows, out=None):
     out = out or sys.stdout
     widths = [max(len(str(cell)) for cell in column)

@@ -460,11 +460,7 @@ def report(result):
               f"{_common.fmt_seconds(result['tf_lamb_median_s'])}: "
               f"{result['speedup_vs_keras']:.2f}x faster than keras Lamb "
               f"({baseline}), {result['ratio_to_floor']:.2f}x the floor")
-    load = result["machine"]["load_average"]
-    if load:
-        print(f"load average (1/5/15 min) at the end: "
-              f"{' '.join(f'{x:.2f}' for x in load)} on "
-              f"{result['machine']['cpus']} CPUs")
+    _common.print_load(result["machine"])
 
 
 def main(argv=None):

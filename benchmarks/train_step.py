@@ -326,11 +326,7 @@ def report(result):
         print(f"train step with tf_lamb is "
               f"{result['step_speedup_vs_keras']:.2f}x as fast as with "
               f"keras Lamb")
-    load = result["machine"]["load_average"]
-    if load:
-        print(f"load average (1/5/15 min) at the end: "
-              f"{' '.join(f'{x:.2f}' for x in load)} on "
-              f"{result['machine']['cpus']} CPUs")
+    _common.print_load(result["machine"])
 
 
 def main(argv=None):
