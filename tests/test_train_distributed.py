@@ -5,20 +5,10 @@ processes since devices must be configured before TensorFlow starts."""
 import json
 import os
 import re
-import sys
 import time
 
 import pytest
 import tensorflow as tf
-
-import os as _os
-import sys as _sys
-
-# `train` is imported from the checkout (python -m pytest puts the working
-# directory on sys.path; a bare `pytest` from elsewhere may not).
-_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _ROOT not in _sys.path:
-    _sys.path.insert(0, _ROOT)
 
 from train import _testing
 
