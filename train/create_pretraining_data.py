@@ -77,25 +77,26 @@ def define_flags(seed_flag=True):
 # ---------------------------------------------------------------------------
 
 
+def _read_bytes(path, kind):
+    """The bytes of `path`; ValueError "Cannot read <kind><path>: ..."."""
+    import tensorflow as tf
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.OpError as error:
+        raise ValueError(f"Cannot read {kind}{path}: {error}") from None
+
+
 def read_documents(patterns):
     """Documents (lists of sentences) from text files matching `patterns`.
 
     Raises ValueError when a pattern matches nothing or no text is found.
     """
-    import tensorflow as tf
-    paths = []
-    for pattern in patterns:
-        matched = sorted(tf.io.gfile.glob(pattern))
-        if not matched:
-            raise ValueError(f"No input file matches {pattern!r}")
-        paths.extend(matched)
+    from train.input_pipeline import matching_files
+    paths = matching_files(patterns, "input file")
     documents, current = [], []
     for path in paths:
-        try:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                data = f.read()
-        except tf.errors.OpError as error:
-            raise ValueError(f"Cannot read {path}: {error}") from None
+        data = _read_bytes(path, "")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -136,12 +137,7 @@ def write_vocab(vocab, path):
 
 def read_vocab(path):
     """Tokens of a vocab file, one per line; ValueError if unusable."""
-    import tensorflow as tf
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
-    except tf.errors.OpError as error:
-        raise ValueError(f"Cannot read vocab file {path}: {error}") from None
+    data = _read_bytes(path, "vocab file ")
     try:
         tokens = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:

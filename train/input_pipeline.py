@@ -31,6 +31,18 @@ def parse_batch(serialized, max_seq_length, max_predictions):
             else value for name, value in parsed.items()}
 
 
+def matching_files(patterns, kind):
+    """Sorted files matching each glob pattern in turn; ValueError naming a
+    pattern that matches nothing (`kind` says what was looked for)."""
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(pattern))
+        if not matched:
+            raise ValueError(f"No {kind} matches {pattern!r}")
+        files.extend(matched)
+    return files
+
+
 def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
                 full_check_bytes=64 << 20, records_checked=64):
     """Files matching the patterns, after checking that they hold examples
@@ -41,12 +53,7 @@ def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
     `records_checked` records are read, so that big data sets start fast.
     Raises ValueError naming the file and the problem.
     """
-    files = []
-    for pattern in pattern_list:
-        matched = sorted(tf.io.gfile.glob(pattern))
-        if not matched:
-            raise ValueError(f"No TFRecord file matches {pattern!r}")
-        files.extend(matched)
+    files = matching_files(pattern_list, "TFRecord file")
     spec = feature_spec(max_seq_length, max_predictions)
     budget = full_check_bytes
     for path in files:
