@@ -51,14 +51,17 @@ def test_trust_ratio_cases():
 @pytest.mark.parametrize("shape", [(), (7,), (5, 3), (2, 3, 4), (3, 4096),
                                    (2, 6144), (3, 4097)])
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_sums_of_squares(shape, jit_compile):
+@pytest.mark.parametrize("use_matvec", [True, False])
+def test_sums_of_squares(shape, jit_compile, use_matvec):
     x = RNG.normal(size=shape)
     y = 1e3 * RNG.normal(size=shape)
-    compute = tf.function(lambda a, b: lamb.sums_of_squares(a, b),
-                          jit_compile=jit_compile)
+    compute = tf.function(
+        lambda a, b: lamb.sums_of_squares(a, b, use_matvec=use_matvec),
+        jit_compile=jit_compile)
     x_sum, y_sum = compute(f32(x), f32(y))
-    single = tf.function(lambda a: lamb.sums_of_squares(a)[0],
-                         jit_compile=jit_compile)(f32(x))
+    single = tf.function(
+        lambda a: lamb.sums_of_squares(a, use_matvec=use_matvec)[0],
+        jit_compile=jit_compile)(f32(x))
     expected = [np.sum(np.square(np.float32(x).astype(np.float64))),
                 np.sum(np.square(np.float32(y).astype(np.float64)))]
     assert relative_error(x_sum, expected[0]) < 1e-6

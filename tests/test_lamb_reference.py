@@ -7,6 +7,7 @@ import keras
 
 from numpy_lamb import (NumpyLamb, clip_global_norm, clip_norm, clip_value,
                         max_relative_error)
+import tf_lamb.lamb
 from tf_lamb import Lamb
 
 SHAPES = {
@@ -54,7 +55,12 @@ def run_lamb(optimizer, variables, gradients):
 
 @pytest.mark.parametrize("bias_correction", [True, False])
 @pytest.mark.parametrize("jit_compile", [True, False])
-def test_matches_numpy_algorithm_2(bias_correction, jit_compile):
+@pytest.mark.parametrize("device_kind", ["cpu", "accelerator"])
+def test_matches_numpy_algorithm_2(bias_correction, jit_compile, device_kind,
+                                   monkeypatch):
+    if device_kind == "accelerator":
+        # The norms a GPU or TPU program takes (plain reductions), here.
+        monkeypatch.setattr(tf_lamb.lamb, "_is_cpu", lambda device: False)
     steps = 100
     variables = make_variables(scale=3.0)
     initial = [v.numpy() for v in variables]

@@ -69,16 +69,21 @@ def trust_ratio(weight_norm, direction_norm, max_trust_ratio=None):
     return ratio
 
 
-def sums_of_squares(*tensors):
+def sums_of_squares(*tensors, use_matvec=True):
     """[sum(x**2) for x in tensors], for tensors of one shape, in one pass.
 
-    Each tensor is viewed as rows of its last dimension, the rows of all the
-    tensors are interleaved, and one matvec `square(rows) @ ones` sums them.
-    XLA on CPU fuses that into a single streaming loop, where a large
-    `reduce_sum(square(x))` becomes a reduce-window that writes x**2 out
-    first (4-5x slower); and with w and r = f(w, m, v) interleaved, w, m and v
-    are read once for both norms instead of once per norm.
+    With `use_matvec`, each tensor is viewed as rows of its last dimension,
+    the rows of all the tensors are interleaved, and one matvec
+    `square(rows) @ ones` sums them. XLA on CPU fuses that into a single
+    streaming loop, where a large `reduce_sum(square(x))` becomes a
+    reduce-window that writes x**2 out first (4-5x slower); and with w and
+    r = f(w, m, v) interleaved, w, m and v are read once for both norms
+    instead of once per norm. Without it, plain reductions: GPUs and TPUs
+    fuse those well, and may run a float32 matvec at TF32 or bfloat16
+    precision.
     """
+    if not use_matvec:
+        return [tf.reduce_sum(tf.square(x)) for x in tensors]
     columns = tensors[0].shape[-1] if tensors[0].shape.rank else 1
     # XLA:CPU runs this matvec 2-3x slower on rows longer than 2048 (4096
     # on BERT-large); a row split in halves is still a free reshape.
@@ -153,6 +158,15 @@ def _checked_patterns(argument, names):
                 f"Argument `{argument}` holds an invalid regular expression "
                 f"{pattern!r}: {error}") from None
     return tuple(names or ())
+
+
+def _is_cpu(device):
+    """Whether a variable placed on `device` (a device string) is on a CPU."""
+    device_type = tf.DeviceSpec.from_string(device or "").device_type
+    if device_type:
+        return device_type.upper() == "CPU"
+    return not (tf.config.list_logical_devices("GPU")
+                or tf.config.list_logical_devices("TPU"))
 
 
 def _path(variable):
@@ -470,21 +484,25 @@ class Lamb(keras.optimizers.Optimizer):
         key = (anchor.device, indices)
         program = self._programs.get(key)
         if program is None:
+            use_matvec = self.jit_compile and _is_cpu(anchor.device)
             program = tf.function(
-                lambda g, h: self._step(g, h, indices),
+                lambda g, h: self._step(g, h, indices, use_matvec),
                 jit_compile=self.jit_compile, autograph=False,
                 reduce_retracing=True)
             self._programs[key] = program
         return program(list(grads), tuple(hyper))
 
-    def _step(self, grads, hyper, indices):
-        """The whole optimizer step for the variables at `indices`."""
+    def _step(self, grads, hyper, indices, use_matvec):
+        """The whole optimizer step for the variables at `indices`.
+
+        `use_matvec` picks the form of the norms (see `sums_of_squares`).
+        """
         learning_rate, beta_1, beta_2 = hyper
         iterations = self._iterations.value
         steps = self.gradient_accumulation_steps
         if not steps:
             self._update(grads, indices, learning_rate, beta_1, beta_2,
-                         iterations)
+                         iterations, use_matvec)
             return
         accumulators = [self._accumulated_gradients[i].value
                         for i in indices]
@@ -494,7 +512,7 @@ class Lamb(keras.optimizers.Optimizer):
 
         def apply_mean():
             self._update([t / steps for t in totals], indices, learning_rate,
-                         beta_1, beta_2, iterations // steps)
+                         beta_1, beta_2, iterations // steps, use_matvec)
             for a in accumulators:
                 a.assign(tf.zeros_like(a))
             return tf.constant(True)
@@ -507,10 +525,11 @@ class Lamb(keras.optimizers.Optimizer):
         tf.cond(is_update_step, apply_mean, accumulate)
 
     def _update(self, grads, indices, learning_rate, beta_1, beta_2,
-                update_count):
+                update_count, use_matvec):
         """One LAMB update; `update_count` updates were applied before."""
         grads = [tf.cast(g, tf.float32) for g in grads]
-        grad_squared_norms = [sums_of_squares(g)[0] for g in grads]
+        grad_squared_norms = [sums_of_squares(g, use_matvec=use_matvec)[0]
+                              for g in grads]
         # The global gradient norm is needed for global_clipnorm anyway, and
         # it is inf/NaN exactly when some gradient is: then the whole step is
         # dropped, on every replica alike (the gradients are already summed).
@@ -524,7 +543,8 @@ class Lamb(keras.optimizers.Optimizer):
             beta_1_power = beta_2_power = tf.constant(0.0)
 
         ratios = [self._update_variable(i, g, finite, learning_rate, beta_1,
-                                        beta_2, beta_1_power, beta_2_power)
+                                        beta_2, beta_1_power, beta_2_power,
+                                        use_matvec)
                   for i, g in zip(indices, grads)]
         previous = self._trust_ratios.value.read_value()
         self._trust_ratios.value.assign(tf.where(
@@ -536,7 +556,8 @@ class Lamb(keras.optimizers.Optimizer):
             self._update_ema(indices, update_count, finite)
 
     def _update_variable(self, index, gradient, finite, learning_rate,
-                         beta_1, beta_2, beta_1_power, beta_2_power):
+                         beta_1, beta_2, beta_1_power, beta_2_power,
+                         use_matvec):
         # `finite` selects old values element-wise rather than gating with a
         # cond: XLA updates variables in place only outside conditionals.
         variable = self._trainable_variables[index]
@@ -556,7 +577,7 @@ class Lamb(keras.optimizers.Optimizer):
                                    self.epsilon, decay)
         if self._use_layer_adaptation(variable):
             weight_squared, direction_squared = sums_of_squares(
-                weight, direction)
+                weight, direction, use_matvec=use_matvec)
             ratio = trust_ratio(tf.sqrt(weight_squared),
                                 tf.sqrt(direction_squared),
                                 self.max_trust_ratio)
