@@ -581,12 +581,15 @@ class Lamb(keras.optimizers.Optimizer):
             ratio = trust_ratio(tf.sqrt(weight_squared),
                                 tf.sqrt(direction_squared),
                                 self.max_trust_ratio)
-            # r again, in a form XLA does not share with the norm's pass, so
-            # r is never written out: the norm's and the update's loops each
-            # read w, m, v (28 B/param in all, instead of 32 with r stored).
-            direction = ratio * lamb_direction(
-                m, v, weight, beta_1_power, beta_2_power, self.epsilon, decay,
-                as_product=True)
+            if self.jit_compile:
+                # r again, in a form XLA does not share with the norm's pass,
+                # so r is never written out: the norm's and the update's
+                # loops each read w, m, v (28 B/param in all, instead of 32
+                # with r stored). Unfused graph ops keep r anyway.
+                direction = lamb_direction(
+                    m, v, weight, beta_1_power, beta_2_power, self.epsilon,
+                    decay, as_product=True)
+            direction = ratio * direction
         else:
             ratio = tf.constant(1.0)
         new_weight = tf.where(finite, weight - learning_rate * direction,
