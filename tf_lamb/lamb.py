@@ -70,7 +70,7 @@ def trust_ratio(weight_norm, direction_norm, max_trust_ratio=None):
 
 
 def sums_of_squares(*tensors, use_matvec=True):
-    """[sum(x**2) for x in tensors], for tensors of one shape, in one pass.
+    """[sum(x**2) for x in tensors], for tensors of one shape.
 
     With `use_matvec`, each tensor is viewed as rows of its last dimension,
     the rows of all the tensors are interleaved, and one matvec
