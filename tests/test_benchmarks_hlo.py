@@ -1,0 +1,96 @@
+"""The exported XLA programs (benchmarks.export_hlo) run without TensorFlow
+(benchmarks.run_hlo, through jaxlib) and compute what TensorFlow computes.
+
+Each program is checked against TensorFlow's own result of the same step on
+the tiny shapes: both the accelerator form of tf_lamb's norms (what a GPU
+would run) and the CPU form.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import export_hlo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 600
+
+
+def _run(module, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module", params=["gpu", "cpu"])
+def exported(request, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp(f"hlo_{request.param}")
+    completed = _run("benchmarks.export_hlo", "--model=tiny", "--values",
+                     f"--device_kind={request.param}", f"--out_dir={out_dir}")
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return out_dir
+
+
+def _run_hlo(directory, tmp_path):
+    out = tmp_path / "result.json"
+    completed = _run("benchmarks.run_hlo", str(directory), "--steps=2",
+                     "--warmup=1", "--bandwidth_mb=8",
+                     "--bandwidth_repeats=2", f"--json_out={out}")
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(out.read_text()), completed.stdout
+
+
+def test_programs_reproduce_tensorflow(exported, tmp_path):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert set(manifest["candidates"]) == set(export_hlo.CANDIDATES)
+    result, stdout = _run_hlo(exported, tmp_path)
+    assert result["parameters"] == manifest["parameters"] == 181864
+    assert result["device"]["platform"] == "cpu"
+    for name, candidate in result["candidates"].items():
+        # One step from TensorFlow's inputs matches TensorFlow's results.
+        assert candidate["max_relative_error_vs_tensorflow"] < 1e-5, name
+        assert candidate["kernels"] > 0
+        assert 0 < candidate["min_s"] <= candidate["median_s"]
+        assert len(candidate["times_s"]) == 2
+    for key in ("floor_s", "bandwidth_gb_per_s", "speedup_vs_keras",
+                "ratio_to_floor"):
+        assert result[key] > 0, key
+    assert "memory-traffic floor" in stdout
+
+
+def test_the_check_sees_a_wrong_result(exported, tmp_path):
+    """With TensorFlow's results replaced by the inputs (as if the step had
+    not run), the comparison reports the difference."""
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    manifest = json.loads((exported / "manifest.json").read_text())
+    for name, entry in manifest["candidates"].items():
+        (wrong / entry["hlo"]).write_bytes((exported / entry["hlo"])
+                                           .read_bytes())
+        values = dict(np.load(exported / entry["values"]))
+        for key in list(values):
+            if key.startswith("after_"):
+                values[key] = values["before_" + key[len("after_"):]]
+        np.savez(wrong / entry["values"], **values)
+    (wrong / "manifest.json").write_text(json.dumps(manifest))
+    result, _ = _run_hlo(wrong, tmp_path)
+    for name, candidate in result["candidates"].items():
+        assert candidate["max_relative_error_vs_tensorflow"] > 1e-3, name
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path):
+    out_dir = tmp_path / "never"
+    completed = _run("benchmarks.export_hlo", "--model=base", "--values",
+                     f"--out_dir={out_dir}")
+    assert completed.returncode == 2
+    assert "--values" in completed.stderr
+    assert not out_dir.exists()
+
+    completed = _run("benchmarks.run_hlo", str(tmp_path))
+    assert completed.returncode == 2
+    assert "manifest.json" in completed.stderr
