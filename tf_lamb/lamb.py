@@ -81,6 +81,12 @@ def sums_of_squares(*tensors, use_matvec=True):
     instead of once per norm. Without it, plain reductions: GPUs and TPUs
     fuse those well, and may run a float32 matvec at TF32 or bfloat16
     precision.
+
+    The fused matvec is a property of TensorFlow 2.21's XLA:CPU. A newer
+    XLA:CPU (jaxlib 0.10's) writes square(rows) out before the dot, and the
+    whole BERT-base step takes 2.2x keras Lamb's time there
+    (`benchmarks.run_hlo` on an `export_hlo --device_kind=cpu` export):
+    re-measure this choice when TensorFlow's XLA moves.
     """
     if not use_matvec:
         return [tf.reduce_sum(tf.square(x)) for x in tensors]
