@@ -66,13 +66,17 @@ def test_optimizer_step_command_line(tmp_path):
         [sys.executable, "-m", "benchmarks.optimizer_step", "--model=tiny",
          "--steps=2", "--warmup=1", "--bandwidth_mb=8",
          "--bandwidth_repeats=2",
-         "--candidates=tf_lamb_eager,keras_lamb_function",
+         "--candidates=tf_lamb_eager,tf_lamb_graph,keras_lamb_function",
          f"--json_out={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
     printed = json.loads(completed.stdout.strip().splitlines()[-1])
     assert printed == json.loads(out.read_text())
     _check_optimizer_step(printed)
+    # The headline compares the default (XLA) configurations.
+    assert printed["tf_lamb"] == "tf_lamb_eager"
+    assert set(printed["candidates"]) == {"tf_lamb_eager", "tf_lamb_graph",
+                                          "keras_lamb_function"}
     peak = printed["tf_lamb_peak_rss_added_bytes"]
     assert peak is None or peak > 0
 

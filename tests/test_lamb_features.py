@@ -129,26 +129,32 @@ def test_non_finite_step_changes_nothing_under_loss_scale_optimizer():
     assert not np.array_equal(w.numpy(), weights)
 
 
+@pytest.mark.parametrize("jit_compile", [True, False])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_non_finite_gradient_changes_no_variable_or_slot(bad):
+def test_non_finite_gradient_changes_no_variable_or_slot(bad, jit_compile):
+    # XLA gates element-wise, graph ops with a cond: both must skip it all.
     rng = np.random.default_rng(4)
     ws = [keras.Variable(rng.normal(size=s).astype(np.float32))
           for s in [(3, 2), (2,)]]
-    optimizer = Lamb(learning_rate=0.1, use_ema=True)
+    optimizer = Lamb(learning_rate=0.1, use_ema=True, jit_compile=jit_compile)
     optimizer.apply_gradients([(tf.ones(w.shape), w) for w in ws])
-    weights = [w.numpy().copy() for w in ws]
-    moments = [v.numpy().copy() for v in optimizer._momentums
-               + optimizer._velocities
-               + optimizer._model_variables_moving_average]
+
+    def state():
+        return [v.numpy().copy() for v in ws + optimizer._momentums
+                + optimizer._velocities
+                + optimizer._model_variables_moving_average
+                + [optimizer.trust_ratios]]
+
+    before = state()
     grads = [np.ones((3, 2), np.float32), np.ones(2, np.float32)]
     grads[1][0] = bad
     optimizer.apply_gradients(zip(map(tf.constant, grads), ws))
-    for w, before in zip(ws, weights):
-        np.testing.assert_array_equal(w.numpy(), before)
-    for v, before in zip(optimizer._momentums + optimizer._velocities
-                         + optimizer._model_variables_moving_average,
-                         moments):
-        np.testing.assert_array_equal(v.numpy(), before)
+    for after, expected in zip(state(), before):
+        np.testing.assert_array_equal(after, expected)
+    # The next finite step is applied again.
+    optimizer.apply_gradients([(2.0 * tf.ones(w.shape), w) for w in ws])
+    assert all(not np.array_equal(after, expected)
+               for after, expected in zip(state()[:2], before[:2]))
 
 
 def test_loss_scale_factor_divides_gradients():

@@ -166,6 +166,11 @@ def _checked_patterns(argument, names):
     return tuple(names or ())
 
 
+def _unless_nonfinite(finite, new, old):
+    """`new` where `finite` holds, else `old`; `new` when finite is None."""
+    return new if finite is None else tf.where(finite, new, old)
+
+
 def _is_cpu(device):
     """Whether a variable placed on `device` (a device string) is on a CPU."""
     device_type = tf.DeviceSpec.from_string(device or "").device_type
@@ -548,24 +553,35 @@ class Lamb(keras.optimizers.Optimizer):
         else:
             beta_1_power = beta_2_power = tf.constant(0.0)
 
-        ratios = [self._update_variable(i, g, finite, learning_rate, beta_1,
-                                        beta_2, beta_1_power, beta_2_power,
-                                        use_matvec)
-                  for i, g in zip(indices, grads)]
+        def update(finite):
+            ratios = [self._update_variable(
+                i, g, finite, learning_rate, beta_1, beta_2, beta_1_power,
+                beta_2_power, use_matvec) for i, g in zip(indices, grads)]
+            if self.use_ema:
+                self._update_ema(indices, update_count, finite)
+            return tf.stack(ratios)
+
         previous = self._trust_ratios.value.read_value()
+        if self.jit_compile:
+            # XLA updates variables in place only outside conditionals, so
+            # there `finite` selects the old values element-wise.
+            ratios = update(finite)
+        else:
+            # Outside XLA each element-wise select is a pass of its own (a
+            # third of the step); a cond skips the whole update instead.
+            ratios = tf.cond(finite, lambda: update(None),
+                             lambda: tf.gather(previous, indices))
         self._trust_ratios.value.assign(tf.where(
             finite,
             tf.tensor_scatter_nd_update(previous, [[i] for i in indices],
-                                        tf.stack(ratios)),
+                                        ratios),
             previous))
-        if self.use_ema:
-            self._update_ema(indices, update_count, finite)
 
     def _update_variable(self, index, gradient, finite, learning_rate,
                          beta_1, beta_2, beta_1_power, beta_2_power,
                          use_matvec):
-        # `finite` selects old values element-wise rather than gating with a
-        # cond: XLA updates variables in place only outside conditionals.
+        # `finite`: keep the old values where it is false (None: the caller
+        # has checked it already).
         variable = self._trainable_variables[index]
         w = variable.value
         m_slot = self._momentums[index].value
@@ -573,8 +589,8 @@ class Lamb(keras.optimizers.Optimizer):
         weight = tf.cast(w.read_value(), tf.float32)
         m_old, v_old = m_slot.read_value(), v_slot.read_value()
         m, v = update_moments(gradient, m_old, v_old, beta_1, beta_2)
-        m_slot.assign(tf.where(finite, m, m_old))
-        v_slot.assign(tf.where(finite, v, v_old))
+        m_slot.assign(_unless_nonfinite(finite, m, m_old))
+        v_slot.assign(_unless_nonfinite(finite, v, v_old))
         # Reading the slots back (rather than reusing m, v) lets XLA update
         # them in place: nothing after this point needs their old values.
         m, v = m_slot.read_value(), v_slot.read_value()
@@ -598,8 +614,8 @@ class Lamb(keras.optimizers.Optimizer):
             direction = ratio * direction
         else:
             ratio = tf.constant(1.0)
-        new_weight = tf.where(finite, weight - learning_rate * direction,
-                              weight)
+        new_weight = _unless_nonfinite(
+            finite, weight - learning_rate * direction, weight)
         w.assign(tf.cast(new_weight, w.dtype))
         return ratio
 
@@ -620,16 +636,19 @@ class Lamb(keras.optimizers.Optimizer):
         momentum = tf.where(update_count > 0, self.ema_momentum, 0.0)
         overwrite = None
         if self.ema_overwrite_frequency:
-            overwrite = tf.logical_and(finite, tf.equal(
-                (update_count + 1) % self.ema_overwrite_frequency, 0))
+            overwrite = tf.equal(
+                (update_count + 1) % self.ema_overwrite_frequency, 0)
+            if finite is not None:
+                overwrite = tf.logical_and(finite, overwrite)
         for i in indices:
             w = self._trainable_variables[i].value
             average = self._model_variables_moving_average[i].value
             weight = tf.cast(w.read_value(), tf.float32)
             new_average = (momentum * tf.cast(average.read_value(), tf.float32)
                            + (1.0 - momentum) * weight)
-            new_average = tf.where(finite, new_average,
-                                   tf.cast(average.read_value(), tf.float32))
+            new_average = _unless_nonfinite(
+                finite, new_average,
+                tf.cast(average.read_value(), tf.float32))
             average.assign(tf.cast(new_average, average.dtype))
             if overwrite is not None:
                 w.assign(tf.where(overwrite, tf.cast(new_average, w.dtype),
