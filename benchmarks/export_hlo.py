@@ -60,7 +60,10 @@ def _parameter_values(concrete):
     for captured in concrete.captured_inputs:
         variable = variables.get(id(captured))
         value = captured if variable is None else variable.read_value()
-        values.append(value.numpy())
+        value = value.numpy()
+        if value.dtype.kind == "V" or value.dtype.name == "bfloat16":
+            value = value.astype("float32")  # npz has no bfloat16; exact
+        values.append(value)
     return values
 
 

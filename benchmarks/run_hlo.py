@@ -92,21 +92,25 @@ class Program:
                          for m in self.executable.hlo_modules())
 
 
-_NUMPY_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16",
-                "f64": "float64", "i64": "int64", "i32": "int32",
-                "i1": "bool", "ui8": "uint8"}
+def numpy_dtype(element_type):
+    """The NumPy dtype of an MLIR element type such as f32 or bf16."""
+    import ml_dtypes
+    import numpy as np
+    types = {"f32": np.float32, "f16": np.float16, "f64": np.float64,
+             "bf16": ml_dtypes.bfloat16, "i64": np.int64, "i32": np.int32,
+             "i1": np.bool_, "ui8": np.uint8}
+    return np.dtype(types[element_type])
 
 
 def synthetic_inputs(jax, types, device, seed):
     """Inputs of the right shapes: floats in [0, 0.01) (so that second
     moments are non-negative), integers 1."""
-    import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
     import numpy as np
     rng = np.random.default_rng(seed)
     inputs = []
     for shape, element in types:
-        dtype = np.dtype(_NUMPY_TYPES[element])
-        if np.issubdtype(dtype, np.floating) or element == "bf16":
+        dtype = numpy_dtype(element)
+        if element.startswith(("f", "bf")):
             value = (rng.random(shape, np.float32) * 0.01).astype(dtype)
         else:
             value = np.ones(shape, dtype)
@@ -120,8 +124,10 @@ def check_values(jax, program, values_path, device):
     import numpy as np
     values = np.load(values_path)
     count = len(program.input_types)
-    inputs = [jax.device_put(values[f"before_{i}"], device)
-              for i in range(count)]
+    # export_hlo stores bfloat16 as float32 (npz has no bfloat16).
+    inputs = [jax.device_put(values[f"before_{i}"].astype(
+        numpy_dtype(element)), device)
+        for i, (_, element) in enumerate(program.input_types)]
     following, _ = program.step(inputs)
     worst = 0.0
     for i in range(count):
