@@ -470,9 +470,11 @@ class Lamb(keras.optimizers.Optimizer):
         replica_context = tf.distribute.get_replica_context()
         if replica_context is not None:
             # Sum over replicas first: clipping norms and trust ratios must
-            # see the global gradient, never one replica's share.
-            grads = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                               grads)
+            # see the global gradient, never one replica's share. (With one
+            # replica the sum is the gradient; the call alone costs ~1 ms.)
+            if replica_context.num_replicas_in_sync > 1:
+                grads = replica_context.all_reduce(
+                    tf.distribute.ReduceOp.SUM, grads)
             tf.__internal__.distribute.interim.maybe_merge_call(
                 self._update_all_replicas, self._distribution_strategy,
                 grads, trainable_variables, hyper)
