@@ -5,7 +5,10 @@ Needs jax and jaxlib (no TensorFlow): it compiles each program that
 step as `optimizer_step` does (median over --steps after --warmup), with the
 updated variables of each step fed back as the next step's inputs (the
 program's input/output aliases, as TensorFlow runs it). In the same run it
-measures the device's copy bandwidth for the memory-traffic floor.
+measures the device's copy bandwidth for the memory-traffic floor. Each
+candidate runs in its own process (--isolation=process), so that the device
+memory its step adds above its inputs (where the device reports memory
+statistics) is its own.
 
 When the export holds values (`export_hlo --values`), every candidate first
 runs one step from TensorFlow's inputs and its results are compared with
@@ -123,14 +126,13 @@ def check_values(jax, program, values_path, device):
     results against TensorFlow's."""
     import numpy as np
     values = np.load(values_path)
-    count = len(program.input_types)
     # export_hlo stores bfloat16 as float32 (npz has no bfloat16).
     inputs = [jax.device_put(values[f"before_{i}"].astype(
         numpy_dtype(element)), device)
         for i, (_, element) in enumerate(program.input_types)]
     following, _ = program.step(inputs)
     worst = 0.0
-    for i in range(count):
+    for i in range(len(inputs)):
         got = np.asarray(following[i], np.float64)
         want = np.asarray(values[f"after_{i}"], np.float64)
         scale = max(float(np.max(np.abs(want), initial=0.0)), 1e-30)
@@ -196,6 +198,8 @@ def run_candidate(jax, directory, name, entry, device, args):
     result["kernels"] = count_kernels(program.optimized_hlo())
 
     inputs = synthetic_inputs(jax, program.input_types, device, args.seed)
+    # This process holds only the program and its inputs now: what the
+    # peak adds is the step's temporaries and unaliased outputs.
     memory_before = _memory_in_use(device).get("bytes_in_use")
     state = {"inputs": inputs, "outputs": None}
 
@@ -243,7 +247,14 @@ def parse_args(argv):
     parser.add_argument("--dump_dir", default=None,
                         help="write each optimized program here (gzip text)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--isolation", choices=("process", "none"),
+                        default="process",
+                        help="one subprocess per candidate (its own device "
+                        "memory figures), or all in this process")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds per candidate subprocess")
     parser.add_argument("--json_out", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -254,31 +265,71 @@ def parse_args(argv):
     return args
 
 
-def benchmark(args):
+def _worker_argv(args, worker):
+    argv = [args.directory, "--steps", str(args.steps), "--warmup",
+            str(args.warmup), "--bandwidth_mb", str(args.bandwidth_mb),
+            "--bandwidth_repeats", str(args.bandwidth_repeats), "--seed",
+            str(args.seed), "--worker", worker]
+    if args.no_check:
+        argv.append("--no_check")
+    if args.dump_dir:
+        argv += ["--dump_dir", args.dump_dir]
+    return argv
+
+
+def run_worker(args, manifest):
+    """The result of one worker (a candidate or "bandwidth") in this
+    process."""
     jax = _require_jax()
-    with open(os.path.join(args.directory, "manifest.json")) as f:
-        manifest = json.load(f)
     device = jax.devices()[0]
-    bandwidths = measure_bandwidth(jax, device, args.bandwidth_mb,
-                                   args.bandwidth_repeats)
+    if args.worker == "bandwidth":
+        result = {"bandwidth_bytes_per_s": measure_bandwidth(
+            jax, device, args.bandwidth_mb, args.bandwidth_repeats)}
+    else:
+        result = run_candidate(jax, args.directory, args.worker,
+                               manifest["candidates"][args.worker], device,
+                               args)
+    result["device"] = {"platform": device.platform,
+                        "kind": device.device_kind}
+    result["jax"] = jax.__version__
+    return result
+
+
+def _run(args, manifest, worker):
+    if args.isolation == "process":
+        return _common.run_worker("benchmarks.run_hlo",
+                                  _worker_argv(args, worker), args.timeout)
+    worker_args = argparse.Namespace(**vars(args))
+    worker_args.worker = worker
+    return run_worker(worker_args, manifest)
+
+
+def _load_manifest(directory):
+    with open(os.path.join(directory, "manifest.json")) as f:
+        return json.load(f)
+
+
+def benchmark(args):
+    manifest = _load_manifest(args.directory)
+    measured = _run(args, manifest, "bandwidth")
+    bandwidths = measured["bandwidth_bytes_per_s"]
+    device = measured["device"]
     best = max(bandwidths, key=bandwidths.get)
     params = manifest["parameters"]
     floor_s = manifest["floor_bytes_per_param"] * params / bandwidths[best]
     candidates = {}
-    for name, entry in manifest["candidates"].items():
+    for name in manifest["candidates"]:
         print(f"[run_hlo] {manifest['model']}: running {name} on "
-              f"{device.device_kind} ...", file=sys.stderr, flush=True)
-        candidates[name] = run_candidate(jax, args.directory, name, entry,
-                                         device, args)
+              f"{device['kind']} ...", file=sys.stderr, flush=True)
+        candidates[name] = _run(args, manifest, name)
     result = {
         "benchmark": "run_hlo",
         "export": {k: manifest[k] for k in (
             "model", "dtype", "device_kind", "tensorflow", "tf_lamb_source")},
         "parameters": params,
         "variables": manifest["variables"],
-        "device": {"platform": device.platform,
-                   "kind": device.device_kind},
-        "jax": jax.__version__,
+        "device": device,
+        "jax": measured["jax"],
         "steps": args.steps,
         "warmup": args.warmup,
         "floor_bytes_per_param": manifest["floor_bytes_per_param"],
@@ -324,14 +375,15 @@ def report(result):
             _common.fmt_ratio(base_time / c["median_s"]) if base_time else "-",
             _common.fmt_ratio(c["median_s"] / result["floor_s"]),
             str(c["kernels"]), f"{c['compile_s']:.1f} s",
+            _common.fmt_bytes(c.get("device_peak_bytes_above_inputs")),
             "-" if error is None else f"{error:.1e}"])
     rows.append(["memory-traffic floor",
                  _common.fmt_seconds(result["floor_s"]), "-",
                  _common.fmt_ratio(base_time / result["floor_s"])
-                 if base_time else "-", "1.00x", "-", "-", "-"])
+                 if base_time else "-", "1.00x", "-", "-", "-", "-"])
     _common.print_table(["candidate", "median", "min", "speed-up vs keras",
                          "ratio to floor", "kernels", "compile",
-                         "error vs TF"], rows)
+                         "device memory added", "error vs TF"], rows)
     if "speedup_vs_keras" in result:
         print(f"tf_lamb {_common.fmt_seconds(result['tf_lamb_median_s'])}: "
               f"{result['speedup_vs_keras']:.2f}x faster than keras Lamb, "
@@ -340,6 +392,9 @@ def report(result):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.worker:
+        _common.emit_result(run_worker(args, _load_manifest(args.directory)))
+        return None
     result = benchmark(args)
     report(result)
     _common.write_json(result, args.json_out)

@@ -36,11 +36,11 @@ def exported(request, tmp_path_factory):
     return out_dir
 
 
-def _run_hlo(directory, tmp_path):
+def _run_hlo(directory, tmp_path, *args):
     out = tmp_path / "result.json"
     completed = _run("benchmarks.run_hlo", str(directory), "--steps=2",
                      "--warmup=1", "--bandwidth_mb=8",
-                     "--bandwidth_repeats=2", f"--json_out={out}")
+                     "--bandwidth_repeats=2", f"--json_out={out}", *args)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(out.read_text()), completed.stdout
 
@@ -78,7 +78,7 @@ def test_the_check_sees_a_wrong_result(exported, tmp_path):
                 values[key] = values["before_" + key[len("after_"):]]
         np.savez(wrong / entry["values"], **values)
     (wrong / "manifest.json").write_text(json.dumps(manifest))
-    result, _ = _run_hlo(wrong, tmp_path)
+    result, _ = _run_hlo(wrong, tmp_path, "--isolation=none")
     for name, candidate in result["candidates"].items():
         assert candidate["max_relative_error_vs_tensorflow"] > 1e-3, name
 
