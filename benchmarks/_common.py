@@ -4,6 +4,7 @@ Nothing here imports TensorFlow, so that a parent process that only
 dispatches candidates to subprocesses stays small and starts fast.
 """
 
+import argparse
 import json
 import math
 import os
@@ -120,6 +121,29 @@ def tf_lamb_source():
 
 
 # -- workers -----------------------------------------------------------------
+
+def add_run_flags(parser, steps, bandwidth_mb, bandwidth_repeats, timeout):
+    """The flags every step benchmark takes: timing, the bandwidth test of
+    the floor, one subprocess per candidate, the JSON line."""
+    parser.add_argument("--steps", type=int, default=steps,
+                        help="timed steps per candidate")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first (compilation)")
+    parser.add_argument("--bandwidth_mb", type=float, default=bandwidth_mb,
+                        help="size of each array of the bandwidth test")
+    parser.add_argument("--bandwidth_repeats", type=int,
+                        default=bandwidth_repeats)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--isolation", choices=("process", "none"),
+                        default="process",
+                        help="one subprocess per candidate (memory figures "
+                        "of its own), or all in this process")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help="seconds per candidate subprocess")
+    parser.add_argument("--json_out", default=None,
+                        help="also write the JSON line to this file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
 
 def emit_result(result):
     """Prints a worker's result as the line the parent looks for."""

@@ -267,10 +267,6 @@ def parse_args(argv):
         prog="python -m benchmarks.optimizer_step",
         description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="base")
-    parser.add_argument("--steps", type=int, default=10,
-                        help="timed steps per candidate")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="untimed steps first (compilation)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES),
                         default="float32", help="dtype of variables/grads")
     parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
@@ -279,21 +275,10 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the candidates this many times in turn and "
                         "pool their steps (evens out load drift)")
-    parser.add_argument("--isolation", choices=("process", "none"),
-                        default="process",
-                        help="one subprocess per candidate, or all in this "
-                        "process (memory figures then mix)")
-    parser.add_argument("--bandwidth_mb", type=float, default=400.0,
-                        help="size of each array of the bandwidth test")
-    parser.add_argument("--bandwidth_repeats", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds per candidate subprocess")
-    parser.add_argument("--json_out", default=None,
-                        help="also write the JSON line to this file")
     parser.add_argument("--verbose", action="store_true",
                         help="pass the workers' stderr through")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    _common.add_run_flags(parser, steps=10, bandwidth_mb=400.0,
+                          bandwidth_repeats=5, timeout=3600.0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--steps and --rounds must be >= 1, --warmup >= 0")

@@ -237,24 +237,12 @@ def parse_args(argv):
         prog="python -m benchmarks.run_hlo",
         description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", help="an export_hlo --out_dir")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--bandwidth_mb", type=float, default=1024.0,
-                        help="size of each array of the bandwidth test")
-    parser.add_argument("--bandwidth_repeats", type=int, default=10)
     parser.add_argument("--no_check", action="store_true",
                         help="skip the comparison with TensorFlow's values")
     parser.add_argument("--dump_dir", default=None,
                         help="write each optimized program here (gzip text)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--isolation", choices=("process", "none"),
-                        default="process",
-                        help="one subprocess per candidate (its own device "
-                        "memory figures), or all in this process")
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="seconds per candidate subprocess")
-    parser.add_argument("--json_out", default=None)
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    _common.add_run_flags(parser, steps=20, bandwidth_mb=1024.0,
+                          bandwidth_repeats=10, timeout=1800.0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
