@@ -219,6 +219,17 @@ def fmt_ratio(value):
     return f"{value:.2f}x"
 
 
+def floor_line(result):
+    """The measured copy bandwidths and the memory-traffic floor of a
+    step benchmark's result."""
+    bandwidths = ", ".join(f"{k} {v / 1e9:.1f}"
+                           for k, v in result["bandwidth_bytes_per_s"].items())
+    return (f"copy bandwidth GB/s (read+written): {bandwidths}; floor = "
+            f"{result['floor_bytes_per_param']} B/param / "
+            f"{result['bandwidth_gb_per_s']:.1f} GB/s = "
+            f"{fmt_seconds(result['floor_s'])}")
+
+
 def print_load(machine):
     """The load average at the end of a run: timings are only as good."""
     load = machine["load_average"]

@@ -417,13 +417,7 @@ def report(result):
           f"variables, {result['dtype']}; median of {result['steps']} steps "
           f"x {result['rounds']} round(s) "
           f"after {result['warmup']} warm-up")
-    bws = ", ".join(f"{k} {v / 1e9:.1f}"
-                    for k, v in result["bandwidth_bytes_per_s"].items())
-    print(f"copy bandwidth GB/s (read+written): {bws}; floor = "
-          f"{result['floor_bytes_per_param']} B/param / "
-          f"{result['bandwidth_gb_per_s']:.1f} GB/s = "
-          f"{_common.fmt_seconds(result['floor_s'])} "
-          f"(at numpy_copyto's bandwidth: "
+    print(f"{_common.floor_line(result)} (at numpy_copyto's bandwidth: "
           f"{_common.fmt_seconds(result['floor_s_by_method']['numpy_copyto'])})")
     rows = []
     for name, c in result["candidates"].items():

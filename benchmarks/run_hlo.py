@@ -78,7 +78,6 @@ class Program:
                     executable_devices=xla_client.DeviceList((device,)),
                     compile_options=options)
             self.compile_s = time.perf_counter() - started
-        self.device = device
 
     def step(self, inputs):
         """Runs once; (inputs of the next step, all outputs)."""
@@ -189,13 +188,14 @@ def run_candidate(jax, directory, name, entry, device, args):
     if entry.get("values") and not args.no_check:
         result["max_relative_error_vs_tensorflow"] = check_values(
             jax, program, os.path.join(directory, entry["values"]), device)
+    optimized_hlo = program.optimized_hlo()
     if args.dump_dir:
         os.makedirs(args.dump_dir, exist_ok=True)
         path = os.path.join(args.dump_dir, f"{name}.optimized.hlo.txt.gz")
         with gzip.open(path, "wt") as f:
-            f.write(program.optimized_hlo())
+            f.write(optimized_hlo)
         result["optimized_hlo"] = path
-    result["kernels"] = count_kernels(program.optimized_hlo())
+    result["kernels"] = count_kernels(optimized_hlo)
 
     inputs = synthetic_inputs(jax, program.input_types, device, args.seed)
     # This process holds only the program and its inputs now: what the
@@ -347,12 +347,7 @@ def report(result):
           f"{export['dtype']}; on {result['device']['kind']} "
           f"({result['device']['platform']}, jax {result['jax']}); "
           f"median of {result['steps']} steps after {result['warmup']}")
-    bandwidths = ", ".join(f"{k} {v / 1e9:.0f}"
-                           for k, v in result["bandwidth_bytes_per_s"].items())
-    print(f"copy bandwidth GB/s (read+written): {bandwidths}; floor = "
-          f"{result['floor_bytes_per_param']} B/param / "
-          f"{result['bandwidth_gb_per_s']:.0f} GB/s = "
-          f"{_common.fmt_seconds(result['floor_s'])}")
+    print(_common.floor_line(result))
     base_time = result.get("baseline_median_s")
     rows = []
     for name, c in result["candidates"].items():
