@@ -25,6 +25,11 @@ RSS added is VmHWM after the timed steps minus VmRSS once the variables and
 gradients exist (the peak is reset there): the optimizer's slots and
 temporaries.
 
+With --gradient_accumulation_steps=K every optimizer is built with that
+argument and a timed step is one cycle of K calls (K - 1 that accumulate, one
+that updates); the floor of a cycle is then K - 1 accumulations (read g and
+the accumulator a, write a: 12 B/param) and one update that also reads a.
+
   python -m benchmarks.optimizer_step --model=base --json_out=/tmp/base.json
   python -m benchmarks.optimizer_step --model=tiny --steps=3 --warmup=1
 """
@@ -105,10 +110,18 @@ def parameter_count(shapes):
     return count
 
 
-def floor_bytes_per_param(dtype):
-    """Read w, g, m, v and write w, m, v once each."""
+def floor_bytes_per_param(dtype, accumulation_steps=1):
+    """Read w, g, m, v and write w, m, v once each.
+
+    With accumulation, per cycle of `accumulation_steps` calls: each call
+    but the last reads g and the float32 accumulator and writes the
+    accumulator; the last also reads it for the update.
+    """
     w = DTYPE_BYTES[dtype]
-    return 3 * w + 4 * SLOT_BYTES
+    update = 3 * w + 4 * SLOT_BYTES
+    if accumulation_steps == 1:
+        return update
+    return (accumulation_steps - 1) * (w + 2 * SLOT_BYTES) + update + SLOT_BYTES
 
 
 # -- worker side (imports TensorFlow) ----------------------------------------
@@ -140,18 +153,23 @@ def make_variables_and_gradients(shapes, dtype, seed):
     return variables, grads
 
 
-def make_candidate(name, variables, grads):
-    """(optimizer, step callable) of a candidate."""
+def make_candidate(name, variables, grads, accumulation_steps=1):
+    """(optimizer, step callable) of a candidate.
+
+    With `accumulation_steps` > 1 the step is one cycle of that many calls.
+    """
     import keras
     import tensorflow as tf
     import tf_lamb
 
+    kwargs = {"gradient_accumulation_steps": accumulation_steps
+              if accumulation_steps > 1 else None}
     if name == "tf_lamb_graph":
-        optimizer = tf_lamb.Lamb(jit_compile=False)
+        optimizer = tf_lamb.Lamb(jit_compile=False, **kwargs)
     elif name.startswith("tf_lamb"):
-        optimizer = tf_lamb.Lamb()
+        optimizer = tf_lamb.Lamb(**kwargs)
     else:
-        optimizer = keras.optimizers.Lamb()
+        optimizer = keras.optimizers.Lamb(**kwargs)
     # Slots are created here, eagerly, so that no tf.function creates them.
     optimizer.build(variables)
 
@@ -167,7 +185,14 @@ def make_candidate(name, variables, grads):
         step = tf.function(apply, autograph=False, jit_compile=True)
     else:
         raise ValueError(f"Unknown candidate {name!r}")
-    return optimizer, step
+    if accumulation_steps == 1:
+        return optimizer, step
+
+    def cycle():
+        # One call at a time, as a training loop makes them.
+        for _ in range(accumulation_steps):
+            step()
+    return optimizer, cycle
 
 
 def run_candidate(args, shapes):
@@ -178,10 +203,11 @@ def run_candidate(args, shapes):
                                                     args.seed)
     rss_before = _common.rss_bytes()
     peak_reset = _common.reset_peak_rss()
-    optimizer, step = make_candidate(args.worker, variables, grads)
+    optimizer, step = make_candidate(args.worker, variables, grads,
+                                     args.gradient_accumulation_steps)
 
     def sync():
-        # Waits for the step and checks it counted.
+        # Waits for the step and checks it counted (Keras counts updates).
         return int(optimizer.iterations.numpy())
 
     times = _common.time_steps(step, args.steps, args.warmup, sync)
@@ -277,11 +303,16 @@ def parse_args(argv):
                         "pool their steps (evens out load drift)")
     parser.add_argument("--verbose", action="store_true",
                         help="pass the workers' stderr through")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="build every optimizer with this argument and "
+                        "time cycles of this many calls")
     _common.add_run_flags(parser, steps=10, bandwidth_mb=400.0,
                           bandwidth_repeats=5, timeout=3600.0)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--steps and --rounds must be >= 1, --warmup >= 0")
+    if args.gradient_accumulation_steps < 1:
+        parser.error("--gradient_accumulation_steps must be >= 1")
     names = [c.strip() for c in args.candidates.split(",") if c.strip()]
     unknown = [c for c in names if c not in ALL_CANDIDATES]
     if unknown or not names:
@@ -295,6 +326,8 @@ def _worker_argv(args, worker):
     return ["--model", args.model, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--dtype", args.dtype,
             "--seed", str(args.seed), "--bandwidth_mb", str(args.bandwidth_mb),
+            "--gradient_accumulation_steps",
+            str(args.gradient_accumulation_steps),
             "--bandwidth_repeats", str(args.bandwidth_repeats),
             "--worker", worker]
 
@@ -327,7 +360,8 @@ def benchmark(args):
     load_before = _common.load_average()
 
     bandwidth = _run(args, "bandwidth", shapes)
-    bytes_per_param = floor_bytes_per_param(args.dtype)
+    bytes_per_param = floor_bytes_per_param(args.dtype,
+                                            args.gradient_accumulation_steps)
     floor_s = bytes_per_param * params / bandwidth["best_bytes_per_s"]
 
     candidates = {}
@@ -367,6 +401,7 @@ def benchmark(args):
         "variables": len(shapes),
         "steps": args.steps,
         "warmup": args.warmup,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "rounds": args.rounds,
         "isolation": args.isolation,
         "tf_lamb_source": _common.tf_lamb_source(),
@@ -409,12 +444,18 @@ def benchmark(args):
     return result
 
 
+def _step_noun(result):
+    k = result.get("gradient_accumulation_steps", 1)
+    return "steps" if k == 1 else f"cycles of {k} calls (accumulation)"
+
+
 def report(result):
     baseline = result.get("baseline")
     base_time = result.get("baseline_median_s")
     print(f"\nLAMB optimizer step, BERT-{result['model']} shapes: "
           f"{result['parameters']:,} parameters in {result['variables']} "
-          f"variables, {result['dtype']}; median of {result['steps']} steps "
+          f"variables, {result['dtype']}; median of {result['steps']} "
+          f"{_step_noun(result)} "
           f"x {result['rounds']} round(s) "
           f"after {result['warmup']} warm-up")
     print(f"{_common.floor_line(result)} (at numpy_copyto's bandwidth: "

@@ -47,6 +47,18 @@ def test_bert_shapes_parameter_counts():
     assert 334e6 < count("large") < 337e6
 
 
+def test_optimizer_step_times_accumulation_cycles():
+    result = optimizer_step.main([
+        "--model=tiny", "--steps=2", "--warmup=1", "--isolation=none",
+        "--gradient_accumulation_steps=3",
+        "--candidates=tf_lamb_function,keras_lamb_xla",
+        "--bandwidth_mb=8", "--bandwidth_repeats=2"])
+    _check_optimizer_step(result)
+    assert result["gradient_accumulation_steps"] == 3
+    # Two accumulating calls (g, a -> a) and one update that also reads a.
+    assert result["floor_bytes_per_param"] == 2 * 12 + 28 + 4
+
+
 def test_optimizer_step_in_process(tmp_path):
     out = tmp_path / "result.json"
     result = optimizer_step.main([

@@ -109,3 +109,42 @@ def test_model_compile_jit_compile_matches_eager_fit():
     xla = trained(True, False)
     eager = trained(False, True)
     assert max_relative_error(xla, eager) <= 1e-5
+
+
+def buffer_allocations(optimizer, grads):
+    """XLA's buffer assignment for the optimizer's compiled step."""
+    from tensorflow.compiler.xla.service import hlo_pb2
+    (program,) = optimizer._programs.values()
+    serialized = program.experimental_get_compiler_ir(
+        list(grads), tuple(optimizer._hyperparameters()))(
+            stage="optimized_hlo_proto_serialized")
+    return hlo_pb2.HloProto.FromString(
+        serialized).buffer_assignment.buffer_allocations
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"weight_decay": 0.01, "global_clipnorm": 1.0, "use_ema": True},
+    {"gradient_accumulation_steps": 3, "max_trust_ratio": 5.0},
+], ids=["plain", "clip_ema", "accumulation"])
+def test_step_updates_in_place_without_full_size_temporaries(kwargs):
+    shapes = [(256, 128), (128,), (128, 64), ()]
+    ws = [keras.Variable(np.full(s, 0.5, np.float32), name=f"v{i}")
+          for i, s in enumerate(shapes)]
+    grads = [tf.ones(s) for s in shapes]
+    optimizer = Lamb(**kwargs)
+    optimizer.apply_gradients(zip(grads, ws))
+    largest = 4 * 256 * 128
+    allocations = [a for a in buffer_allocations(optimizer, grads)
+                   if not (a.is_thread_local or a.is_constant)]
+    # Every full-size result (w, m, v, averages, accumulators) is written
+    # into its parameter's buffer...
+    outputs = [a for a in allocations
+               if a.maybe_live_out and not a.is_entry_computation_parameter]
+    assert all(a.size < largest for a in outputs), [a.size for a in outputs]
+    # ...and all the scratch space together is smaller than one variable.
+    scratch = sum(a.size for a in allocations
+                  if not (a.maybe_live_out
+                          or a.is_entry_computation_parameter))
+    print(f"{kwargs}: {scratch} B of scratch")
+    assert scratch < largest

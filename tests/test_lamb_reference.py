@@ -184,13 +184,16 @@ def test_gradient_clipping(argument, clip):
     assert max_relative_error(actual, unclipped.w) > 1e-4
 
 
-def test_gradient_accumulation_updates_every_n_steps_with_the_mean():
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_gradient_accumulation_updates_every_n_steps_with_the_mean(
+        jit_compile):
     steps = 3
     variables = make_variables()
     initial = [v.numpy() for v in variables]
     gradients = make_gradients(2 * steps)
     optimizer = Lamb(learning_rate=0.01, weight_decay=0.01,
-                     gradient_accumulation_steps=steps)
+                     gradient_accumulation_steps=steps,
+                     jit_compile=jit_compile)
     reference = NumpyLamb(initial, [0.01] * len(SHAPES), [True] * len(SHAPES))
     for k, grads in enumerate(gradients):
         before = [v.numpy() for v in variables]
@@ -207,6 +210,33 @@ def test_gradient_accumulation_updates_every_n_steps_with_the_mean():
             assert max_relative_error(after, reference.w) <= 1e-5
     assert int(optimizer._iterations.numpy()) == 2 * steps
     assert reference.t == 2  # bias correction counted two updates
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_non_finite_gradient_skips_only_its_accumulation_cycle(jit_compile):
+    steps = 2
+    variables = make_variables()
+    initial = [v.numpy() for v in variables]
+    gradients = make_gradients(3 * steps)
+    gradients[0][1] = np.full_like(gradients[0][1], np.inf)
+    optimizer = Lamb(learning_rate=0.01, gradient_accumulation_steps=steps,
+                     jit_compile=jit_compile)
+    reference = NumpyLamb(initial, [0.0] * len(SHAPES), [True] * len(SHAPES))
+    for k, grads in enumerate(gradients):
+        optimizer.apply_gradients(zip([tf.constant(g) for g in grads],
+                                      variables))
+        if k == steps - 1:  # the first cycle held an inf: nothing moves
+            assert all(np.array_equal(v.numpy(), w)
+                       for v, w in zip(variables, initial))
+            reference.t += 1  # a skipped update still counts for t
+        elif (k + 1) % steps == 0:  # later cycles see only their own means
+            window = gradients[k + 1 - steps:k + 1]
+            reference.step([np.mean([np.asarray(w[i], np.float64)
+                                     for w in window], axis=0)
+                            for i in range(len(SHAPES))], 0.01, 0.9, 0.999)
+            actual = [v.numpy() for v in variables]
+            assert max_relative_error(actual, reference.w) <= 1e-5
+    assert reference.t == 3
 
 
 def test_steps_of_one_means_no_accumulation():

@@ -522,23 +522,59 @@ class Lamb(keras.optimizers.Optimizer):
             return
         accumulators = [self._accumulated_gradients[i].value
                         for i in indices]
-        totals = [a.read_value() + tf.cast(g, a.dtype)
-                  for a, g in zip(accumulators, grads)]
         is_update_step = tf.equal((iterations + 1) % steps, 0)
+        starts_cycle = tf.equal(iterations % steps, 0)
 
-        def apply_mean():
-            self._update([t / steps for t in totals], indices, learning_rate,
-                         beta_1, beta_2, iterations // steps, use_matvec)
-            for a in accumulators:
-                a.assign(tf.zeros_like(a))
+        def accumulate(trip):
+            # The first call of a cycle overwrites the last cycle's mean, so
+            # no pass over the accumulators is spent zeroing them.
+            for a, g in zip(accumulators, grads):
+                g = tf.cast(g, a.dtype)
+                a.assign(tf.where(starts_cycle, g, a.read_value() + g))
+
+        def take_mean(trip):
+            # A loop of its own: inside the update's loop XLA would fuse the
+            # mean into each pass that reads it and copy the old sums aside.
+            for a, g in zip(accumulators, grads):
+                a.assign((a.read_value() + tf.cast(g, a.dtype)) / steps)
+
+        def apply_mean(trip):
+            means = [a.read_value() for a in accumulators]
+            if self.jit_compile:
+                # Times 1.0 from the trip count: XLA would otherwise hoist
+                # the loop-invariant g**2 out of the loop as a full-size
+                # temporary per variable, allocated even when no update runs.
+                one = tf.cast(trip, tf.float32) + 1.0
+                means = [m * one for m in means]
+            self._update(means, indices, learning_rate, beta_1, beta_2,
+                         iterations // steps, use_matvec)
+
+        self._run_if(tf.logical_not(is_update_step), accumulate)
+        self._run_if(is_update_step, take_mean)
+        self._run_if(is_update_step, apply_mean)
+
+    def _run_if(self, condition, body):
+        """Runs `body(trip)`, trip = 0, if `condition` holds.
+
+        Under XLA this is a while loop of zero or one trips: a loop updates
+        its variables in place, where a conditional copies every variable
+        that the branch not taken passes through (on an accumulating call,
+        all of w, m and v). Outside XLA a `tf.cond` costs nothing extra.
+        """
+        def run():
+            body(tf.constant(0))
             return tf.constant(True)
 
-        def accumulate():
-            for a, t in zip(accumulators, totals):
-                a.assign(t)
-            return tf.constant(False)
+        if not self.jit_compile:
+            tf.cond(condition, run, lambda: tf.constant(False))
+            return
 
-        tf.cond(is_update_step, apply_mean, accumulate)
+        def loop_body(trip):
+            body(trip)
+            return trip + 1
+
+        tf.while_loop(lambda trip: trip < tf.cast(condition, tf.int32),
+                      loop_body, [tf.constant(0)])
 
     def _update(self, grads, indices, learning_rate, beta_1, beta_2,
                 update_count, use_matvec):
