@@ -75,10 +75,12 @@ def test_compiled_and_graph_paths_agree():
     assert error <= 1e-6
 
 
+@pytest.mark.parametrize("accumulation", [None, 3])
 @pytest.mark.parametrize("jit_compile", [True, False])
-def test_inside_user_tf_function(jit_compile):
+def test_inside_user_tf_function(jit_compile, accumulation):
     ws = variables()
-    optimizer = Lamb(**settings())
+    kwargs = dict(settings(), gradient_accumulation_steps=accumulation)
+    optimizer = Lamb(**kwargs)
     optimizer.build(ws)
 
     @tf.function(jit_compile=jit_compile)
@@ -87,11 +89,12 @@ def test_inside_user_tf_function(jit_compile):
 
     for grads in gradient_stream(15):
         step(grads)
-    eager = run(Lamb(**settings()), variables())
+    eager = run(Lamb(**kwargs), variables())
     assert max_relative_error([w.numpy() for w in ws], eager) <= 1e-6
 
 
-def test_model_compile_jit_compile_matches_eager_fit():
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_model_compile_jit_compile_matches_eager_fit(accumulation):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype(np.float32)
     y = rng.normal(size=(64, 1)).astype(np.float32)
@@ -100,9 +103,10 @@ def test_model_compile_jit_compile_matches_eager_fit():
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
                                   keras.layers.Dense(1)])
-        model.compile(optimizer=Lamb(learning_rate=0.01, weight_decay=0.01),
-                      loss="mse", jit_compile=jit_compile,
-                      run_eagerly=run_eagerly)
+        optimizer = Lamb(learning_rate=0.01, weight_decay=0.01,
+                         gradient_accumulation_steps=accumulation)
+        model.compile(optimizer=optimizer, loss="mse",
+                      jit_compile=jit_compile, run_eagerly=run_eagerly)
         model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
         return [w.numpy() for w in model.trainable_variables]
 
