@@ -110,6 +110,27 @@ def test_low_precision_variables_get_float32_slots():
     assert w.dtype == "float16" and np.all(w.numpy() < 1.0)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_variables_with_accumulation(dtype):
+    rng = np.random.default_rng(4)
+    initial = rng.normal(size=(6, 4)).astype(np.float32)
+    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(4)]
+
+    def trained(jit_compile):
+        w = keras.Variable(initial, dtype=dtype)
+        optimizer = Lamb(learning_rate=0.1, gradient_accumulation_steps=2,
+                         jit_compile=jit_compile)
+        for g in grads:
+            optimizer.apply_gradients([(tf.constant(g, dtype), w)])
+        return np.asarray(tf.cast(w.value, tf.float32))
+
+    compiled, graph = trained(True), trained(False)
+    # Equal up to one rounding of the low-precision result.
+    np.testing.assert_allclose(compiled, graph, rtol=2.0 ** -7)
+    assert not np.allclose(compiled, np.asarray(
+        tf.cast(tf.cast(initial, dtype), tf.float32)))
+
+
 def test_non_finite_step_changes_nothing_under_loss_scale_optimizer():
     rng = np.random.default_rng(3)
     w = keras.Variable(rng.normal(size=(4, 4)).astype(np.float32))

@@ -545,7 +545,7 @@ class Lamb(keras.optimizers.Optimizer):
                 # the loop-invariant g**2 out of the loop as a full-size
                 # temporary per variable, allocated even when no update runs.
                 one = tf.cast(trip, tf.float32) + 1.0
-                means = [m * one for m in means]
+                means = [tf.cast(m, tf.float32) * one for m in means]
             self._update(means, indices, learning_rate, beta_1, beta_2,
                          iterations // steps, use_matvec)
 
