@@ -25,6 +25,13 @@ def gradient_stream(steps, seed=1):
              for s in SHAPES] for _ in range(steps)]
 
 
+def compiler_ir(optimizer, grads, stage):
+    """The optimizer's one compiled step at an XLA `stage`."""
+    (program,) = optimizer._programs.values()
+    return program.experimental_get_compiler_ir(
+        list(grads), tuple(optimizer._hyperparameters()))(stage=stage)
+
+
 def test_twenty_steps_with_schedule_and_changing_betas_trace_once():
     ws = variables()
     beta_2 = keras.Variable(0.99, trainable=False)
@@ -46,9 +53,7 @@ def test_one_xla_module_updates_every_variable():
     optimizer = Lamb(weight_decay=0.01)
     grads = gradient_stream(1)[0]
     optimizer.apply_gradients(zip(grads, ws))
-    (program,) = optimizer._programs.values()
-    hlo = program.experimental_get_compiler_ir(
-        list(grads), tuple(optimizer._hyperparameters()))(stage="hlo")
+    hlo = compiler_ir(optimizer, grads, "hlo")
     assert hlo.count("HloModule") == 1
     # Every weight, first and second moment enters the one module.
     entry = hlo[hlo.index("ENTRY"):]
@@ -118,10 +123,8 @@ def test_model_compile_jit_compile_matches_eager_fit(accumulation):
 def buffer_allocations(optimizer, grads):
     """XLA's buffer assignment for the optimizer's compiled step."""
     from tensorflow.compiler.xla.service import hlo_pb2
-    (program,) = optimizer._programs.values()
-    serialized = program.experimental_get_compiler_ir(
-        list(grads), tuple(optimizer._hyperparameters()))(
-            stage="optimized_hlo_proto_serialized")
+    serialized = compiler_ir(optimizer, grads,
+                             "optimized_hlo_proto_serialized")
     return hlo_pb2.HloProto.FromString(
         serialized).buffer_assignment.buffer_allocations
 
@@ -131,7 +134,7 @@ def buffer_allocations(optimizer, grads):
     {"weight_decay": 0.01, "global_clipnorm": 1.0, "use_ema": True},
     {"gradient_accumulation_steps": 3, "max_trust_ratio": 5.0},
 ], ids=["plain", "clip_ema", "accumulation"])
-def test_step_updates_in_place_without_full_size_temporaries(kwargs):
+def test_step_in_place_without_temporaries_or_host_calls(kwargs):
     shapes = [(256, 128), (128,), (128, 64), ()]
     ws = [keras.Variable(np.full(s, 0.5, np.float32), name=f"v{i}")
           for i, s in enumerate(shapes)]
@@ -152,3 +155,7 @@ def test_step_updates_in_place_without_full_size_temporaries(kwargs):
                           or a.is_entry_computation_parameter))
     print(f"{kwargs}: {scratch} B of scratch")
     assert scratch < largest
+    # Nothing leaves the device mid-step.
+    hlo = compiler_ir(optimizer, grads, "optimized_hlo")
+    for op in ("send", "recv", "infeed", "outfeed", "custom-call"):
+        assert f" {op}(" not in hlo, op
