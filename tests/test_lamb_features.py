@@ -102,11 +102,15 @@ def test_mixed_precision_fit(policy):
 
 
 def test_low_precision_variables_get_float32_slots():
-    w = keras.Variable(np.ones((3, 3)), dtype="float16")
-    optimizer = Lamb(learning_rate=0.1)
-    optimizer.apply_gradients([(tf.ones((3, 3), tf.float16), w)])
-    assert {v.dtype for v in optimizer._momentums + optimizer._velocities} \
-        == {"float32"}
+    w = keras.Variable(np.ones((3, 3)), dtype="float16", name="w")
+    optimizer = Lamb(learning_rate=0.1, gradient_accumulation_steps=2)
+    for _ in range(2):
+        optimizer.apply_gradients([(tf.ones((3, 3), tf.float16), w)])
+    state = (optimizer._momentums + optimizer._velocities
+             + optimizer._accumulated_gradients)
+    assert {v.dtype for v in state} == {"float32"}
+    assert sorted(v.name for v in state) == [
+        "w_gradient_accumulator", "w_momentum", "w_velocity"]
     assert w.dtype == "float16" and np.all(w.numpy() < 1.0)
 
 

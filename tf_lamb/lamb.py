@@ -8,8 +8,10 @@ import tensorflow as tf
 from keras.optimizers import schedules
 
 # Slots of low-precision variables are kept in float32 so that v (a running
-# mean of g**2) neither underflows nor loses the small (1 - beta_2) updates.
+# mean of g**2) neither underflows nor loses the small (1 - beta_2) updates,
+# and accumulated gradients keep their low bits.
 _LOW_PRECISION = ("float16", "bfloat16")
+_FLOAT32_STATE = ("momentum", "velocity", "gradient_accumulator")
 
 
 # ---------------------------------------------------------------------------
@@ -416,15 +418,25 @@ class Lamb(keras.optimizers.Optimizer):
 
     # -- slots ----------------------------------------------------------------
 
-    def _add_slot(self, variable, name):
-        if variable.dtype not in _LOW_PRECISION:
-            return self.add_variable_from_reference(variable, name)
-        tf_variable = getattr(variable, "value", variable)
+    def add_variable_from_reference(self, reference_variable, name=None,
+                                    initializer="zeros"):
+        """An optimizer variable shaped like `reference_variable`.
+
+        LAMB's own state of a float16 or bfloat16 variable (m, v and the
+        gradient accumulator) is float32; other variables (EMA averages)
+        follow Keras and take the reference's dtype.
+        """
+        if (name not in _FLOAT32_STATE
+                or reference_variable.dtype not in _LOW_PRECISION):
+            return super().add_variable_from_reference(
+                reference_variable, name=name, initializer=initializer)
+        tf_variable = getattr(reference_variable, "value", reference_variable)
         with self._distribution_strategy.extended.colocate_vars_with(
                 tf_variable):
             return self.add_variable(
-                shape=variable.shape, dtype="float32",
-                name=f"{_path(variable).replace('/', '_')}_{name}")
+                shape=reference_variable.shape, initializer=initializer,
+                dtype="float32",
+                name=f"{_path(reference_variable).replace('/', '_')}_{name}")
 
     def build(self, var_list):
         """Creates the first and second moment slot of every variable."""
@@ -438,8 +450,10 @@ class Lamb(keras.optimizers.Optimizer):
                 self._momentums.append(None)
                 self._velocities.append(None)
                 continue
-            self._momentums.append(self._add_slot(variable, "momentum"))
-            self._velocities.append(self._add_slot(variable, "velocity"))
+            self._momentums.append(
+                self.add_variable_from_reference(variable, "momentum"))
+            self._velocities.append(
+                self.add_variable_from_reference(variable, "velocity"))
         self._trust_ratios = self.add_variable(
             shape=(len(var_list),), initializer="ones", dtype="float32",
             name="trust_ratios")
