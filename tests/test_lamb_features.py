@@ -135,29 +135,6 @@ def test_low_precision_variables_with_accumulation(dtype):
         tf.cast(tf.cast(initial, dtype), tf.float32)))
 
 
-@pytest.mark.parametrize("jit_compile", [True, False])
-def test_low_precision_ema_is_float32_and_finalizes(jit_compile):
-    w = keras.Variable(np.ones((4, 4)), dtype="bfloat16", name="w")
-    optimizer = Lamb(learning_rate=0.01, use_ema=True, ema_momentum=0.99,
-                     jit_compile=jit_compile)
-    history = []
-    for _ in range(20):
-        optimizer.apply_gradients([(tf.ones((4, 4), tf.bfloat16), w)])
-        history.append(np.asarray(tf.cast(w.value, tf.float32), np.float64))
-    # The first update copies the weights; then average = 0.99 avg + 0.01 w.
-    expected = history[0]
-    for weights in history[1:]:
-        expected = 0.99 * expected + 0.01 * weights
-    (average,) = optimizer._model_variables_moving_average
-    assert average.dtype == "float32"
-    np.testing.assert_allclose(average.numpy(), expected, rtol=1e-5)
-    optimizer.finalize_variable_values([w])
-    assert w.dtype == "bfloat16"
-    np.testing.assert_array_equal(
-        np.asarray(tf.cast(w.value, tf.float32)),
-        np.asarray(tf.cast(tf.cast(expected, tf.bfloat16), tf.float32)))
-
-
 def test_non_finite_step_changes_nothing_under_loss_scale_optimizer():
     rng = np.random.default_rng(3)
     w = keras.Variable(rng.normal(size=(4, 4)).astype(np.float32))

@@ -9,10 +9,9 @@ from keras.optimizers import schedules
 
 # Slots of low-precision variables are kept in float32 so that v (a running
 # mean of g**2) neither underflows nor loses the small (1 - beta_2) updates,
-# accumulated gradients keep their low bits, and an EMA with momentum 0.99
-# still moves (in bfloat16 a 1 % step is below half an ulp).
+# and accumulated gradients keep their low bits.
 _LOW_PRECISION = ("float16", "bfloat16")
-_FLOAT32_STATE = ("momentum", "velocity", "gradient_accumulator", "average")
+_FLOAT32_STATE = ("momentum", "velocity", "gradient_accumulator")
 
 
 # ---------------------------------------------------------------------------
@@ -423,8 +422,9 @@ class Lamb(keras.optimizers.Optimizer):
                                     initializer="zeros"):
         """An optimizer variable shaped like `reference_variable`.
 
-        The state of a float16 or bfloat16 variable (m, v, the gradient
-        accumulator and the EMA average) is float32.
+        LAMB's own state of a float16 or bfloat16 variable (m, v and the
+        gradient accumulator) is float32; other variables (EMA averages)
+        follow Keras and take the reference's dtype.
         """
         if (name not in _FLOAT32_STATE
                 or reference_variable.dtype not in _LOW_PRECISION):
@@ -708,19 +708,6 @@ class Lamb(keras.optimizers.Optimizer):
             if overwrite is not None:
                 w.assign(tf.where(overwrite, tf.cast(new_average, w.dtype),
                                   w.read_value()))
-
-    def _overwrite_model_variables_with_average_value(
-            self, trainable_variables):
-        # Float32 averages of low-precision variables are cast on the way
-        # back, on every device.
-        for variable, average in zip(trainable_variables,
-                                     self._model_variables_moving_average):
-            if average is None:
-                continue
-            self._distribution_strategy.extended.update(
-                getattr(variable, "value", variable),
-                lambda w, a: w.assign(tf.cast(a, w.dtype)),
-                args=(average.value,))
 
     # -- config ---------------------------------------------------------------
 
