@@ -135,6 +135,24 @@ def test_low_precision_variables_with_accumulation(dtype):
         tf.cast(tf.cast(initial, dtype), tf.float32)))
 
 
+def test_low_precision_model_with_ema_and_swap_ema_weights_callback():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(1, dtype="bfloat16")])
+    model.compile(optimizer=Lamb(learning_rate=0.05, use_ema=True),
+                  loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              validation_data=(x, y),
+              callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)])
+    # fit() ends with the averages in the model.
+    for w, average in zip(model.trainable_variables,
+                          model.optimizer._model_variables_moving_average):
+        assert w.dtype == average.dtype == "bfloat16"
+        np.testing.assert_array_equal(w.numpy(), average.numpy())
+
+
 def test_non_finite_step_changes_nothing_under_loss_scale_optimizer():
     rng = np.random.default_rng(3)
     w = keras.Variable(rng.normal(size=(4, 4)).astype(np.float32))

@@ -423,8 +423,9 @@ class Lamb(keras.optimizers.Optimizer):
         """An optimizer variable shaped like `reference_variable`.
 
         LAMB's own state of a float16 or bfloat16 variable (m, v and the
-        gradient accumulator) is float32; other variables (EMA averages)
-        follow Keras and take the reference's dtype.
+        gradient accumulator) is float32. EMA averages keep the variable's
+        dtype, as in Keras: `keras.callbacks.SwapEMAWeights` swaps them with
+        the weights by adding one to the other.
         """
         if (name not in _FLOAT32_STATE
                 or reference_variable.dtype not in _LOW_PRECISION):
