@@ -252,6 +252,20 @@ def print_table(header, rows, out=None):
     out.flush()
 
 
+def run_main(argv, parse_args, run_worker_args, benchmark, report):
+    """A benchmark module's `main`: as a worker (--worker), emit that
+    worker's result; otherwise run the benchmark, print its report and JSON
+    line (also to --json_out) and return the result."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.worker:
+        emit_result(run_worker_args(args))
+        return None
+    result = benchmark(args)
+    report(result)
+    write_json(result, args.json_out)
+    return result
+
+
 def write_json(result, path):
     line = json.dumps(result, sort_keys=True)
     print(line, flush=True)

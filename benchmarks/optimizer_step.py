@@ -492,18 +492,13 @@ def report(result):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.worker:
-        shapes = bert_shapes(**MODELS[args.model])
-        if args.worker == "bandwidth":
-            _common.emit_result(run_bandwidth(args))
-        else:
-            _common.emit_result(run_candidate(args, shapes))
-        return None
-    result = benchmark(args)
-    report(result)
-    _common.write_json(result, args.json_out)
-    return result
+    return _common.run_main(argv, parse_args, _run_worker, benchmark, report)
+
+
+def _run_worker(args):
+    if args.worker == "bandwidth":
+        return run_bandwidth(args)
+    return run_candidate(args, bert_shapes(**MODELS[args.model]))
 
 
 if __name__ == "__main__":

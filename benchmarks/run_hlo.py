@@ -374,14 +374,10 @@ def report(result):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.worker:
-        _common.emit_result(run_worker(args, _load_manifest(args.directory)))
-        return None
-    result = benchmark(args)
-    report(result)
-    _common.write_json(result, args.json_out)
-    return result
+    return _common.run_main(
+        argv, parse_args,
+        lambda args: run_worker(args, _load_manifest(args.directory)),
+        benchmark, report)
 
 
 if __name__ == "__main__":

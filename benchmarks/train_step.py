@@ -330,14 +330,8 @@ def report(result):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.worker:
-        _common.emit_result(run_candidate(args))
-        return None
-    result = benchmark(args)
-    report(result)
-    _common.write_json(result, args.json_out)
-    return result
+    return _common.run_main(argv, parse_args, run_candidate, benchmark,
+                            report)
 
 
 if __name__ == "__main__":
