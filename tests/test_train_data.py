@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import _testing
+import train_testing as _testing
 from train import corpus
 from train import create_pretraining_data as cpd
 from train import input_pipeline

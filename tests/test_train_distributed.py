@@ -10,7 +10,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from train import _testing
+import train_testing as _testing
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--warmup_steps=1", "--shuffle_buffer=100", "--log_steps=1",

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from train import _testing
+import train_testing as _testing
 from train import pretrain
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import _testing
+import train_testing as _testing
 from train import pretrain
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
