@@ -171,6 +171,73 @@ def _checked_patterns(argument, names):
     return tuple(names or ())
 
 
+def check_arguments(learning_rate=0.001, beta_1=0.9, beta_2=0.999,
+                    epsilon=1e-7, weight_decay=None, clipnorm=None,
+                    clipvalue=None, global_clipnorm=None, ema_momentum=0.99,
+                    ema_overwrite_frequency=None, loss_scale_factor=None,
+                    gradient_accumulation_steps=None, max_trust_ratio=None,
+                    exclude_from_weight_decay=None,
+                    exclude_from_layer_adaptation=None):
+    """Raises ValueError naming the first of `Lamb`'s arguments that is bad.
+
+    `Lamb.__init__` applies exactly these rules; programs that take the
+    arguments from elsewhere (flags, a config file) call this to reject bad
+    values before they change any state.
+    """
+    _checked_learning_rate(learning_rate)
+    _check_beta("beta_1", beta_1)
+    _check_beta("beta_2", beta_2)
+    _check_non_negative("epsilon", epsilon)
+    _check(isinstance(epsilon, numbers.Real), "epsilon", epsilon,
+           "must be a float")
+    _check_non_negative("weight_decay", weight_decay)
+    for arg, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                       ("global_clipnorm", global_clipnorm)):
+        _check_non_negative(arg, value)
+    clip_args = {"clipnorm": clipnorm, "clipvalue": clipvalue,
+                 "global_clipnorm": global_clipnorm}
+    _check(sum(v is not None for v in clip_args.values()) <= 1,
+           "clipnorm/clipvalue/global_clipnorm", clip_args,
+           "allows only one of the three to be set")
+    if max_trust_ratio is not None:
+        _check(isinstance(max_trust_ratio, numbers.Real)
+               and max_trust_ratio > 0, "max_trust_ratio",
+               max_trust_ratio, "must be a positive number or None")
+    if gradient_accumulation_steps is not None:
+        _check(isinstance(gradient_accumulation_steps, numbers.Integral)
+               and gradient_accumulation_steps >= 1,
+               "gradient_accumulation_steps", gradient_accumulation_steps,
+               "must be an integer >= 1 or None")
+    if loss_scale_factor is not None:
+        _check(_constant_value(loss_scale_factor) not in (None, 0.0)
+               and _constant_value(loss_scale_factor) > 0,
+               "loss_scale_factor", loss_scale_factor,
+               "must be a positive number or None")
+    _check(0.0 <= ema_momentum <= 1.0, "ema_momentum", ema_momentum,
+           "must be in [0, 1]")
+    if ema_overwrite_frequency is not None:
+        _check(isinstance(ema_overwrite_frequency, numbers.Integral)
+               and ema_overwrite_frequency >= 1,
+               "ema_overwrite_frequency", ema_overwrite_frequency,
+               "must be an integer >= 1 or None")
+    _checked_patterns("exclude_from_weight_decay", exclude_from_weight_decay)
+    _checked_patterns("exclude_from_layer_adaptation",
+                      exclude_from_layer_adaptation)
+
+
+def _checked_learning_rate(learning_rate):
+    if isinstance(learning_rate, schedules.LearningRateSchedule):
+        return learning_rate
+    if callable(learning_rate) and not tf.is_tensor(learning_rate):
+        return learning_rate
+    number = _constant_value(learning_rate)
+    _check(number is not None, "learning_rate", learning_rate,
+           "must be a float, a LearningRateSchedule or a callable")
+    _check(number >= 0.0, "learning_rate", learning_rate,
+           "must be non-negative")
+    return number
+
+
 def _unless_nonfinite(finite, new, old):
     """`new` where `finite` holds, else `old`; `new` when finite is None."""
     return new if finite is None else tf.where(finite, new, old)
@@ -284,46 +351,14 @@ class Lamb(keras.optimizers.Optimizer):
         if kwargs:
             raise ValueError(
                 f"Argument(s) not recognized by Lamb: {sorted(kwargs)}")
-        learning_rate = self._checked_learning_rate(learning_rate)
-        _check_beta("beta_1", beta_1)
-        _check_beta("beta_2", beta_2)
-        _check_non_negative("epsilon", epsilon)
-        _check(isinstance(epsilon, numbers.Real), "epsilon", epsilon,
-               "must be a float")
-        _check_non_negative("weight_decay", weight_decay)
-        for arg, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
-                           ("global_clipnorm", global_clipnorm)):
-            _check_non_negative(arg, value)
-        clip_args = {"clipnorm": clipnorm, "clipvalue": clipvalue,
-                     "global_clipnorm": global_clipnorm}
-        _check(sum(v is not None for v in clip_args.values()) <= 1,
-               "clipnorm/clipvalue/global_clipnorm", clip_args,
-               "allows only one of the three to be set")
-        if max_trust_ratio is not None:
-            _check(isinstance(max_trust_ratio, numbers.Real)
-                   and max_trust_ratio > 0, "max_trust_ratio",
-                   max_trust_ratio, "must be a positive number or None")
-        if gradient_accumulation_steps is not None:
-            _check(isinstance(gradient_accumulation_steps, numbers.Integral)
-                   and gradient_accumulation_steps >= 1,
-                   "gradient_accumulation_steps", gradient_accumulation_steps,
-                   "must be an integer >= 1 or None")
-            if gradient_accumulation_steps == 1:
-                gradient_accumulation_steps = None
-        if loss_scale_factor is not None:
-            _check(_constant_value(loss_scale_factor) not in (None, 0.0)
-                   and _constant_value(loss_scale_factor) > 0,
-                   "loss_scale_factor", loss_scale_factor,
-                   "must be a positive number or None")
-        _check(0.0 <= ema_momentum <= 1.0, "ema_momentum", ema_momentum,
-               "must be in [0, 1]")
-        if ema_overwrite_frequency is not None:
-            _check(isinstance(ema_overwrite_frequency, numbers.Integral)
-                   and ema_overwrite_frequency >= 1,
-                   "ema_overwrite_frequency", ema_overwrite_frequency,
-                   "must be an integer >= 1 or None")
-        _checked_patterns("exclude_from_weight_decay", wd_names)
-        _checked_patterns("exclude_from_layer_adaptation", adaptation_names)
+        check_arguments(
+            learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm,
+            clipvalue, global_clipnorm, ema_momentum, ema_overwrite_frequency,
+            loss_scale_factor, gradient_accumulation_steps, max_trust_ratio,
+            wd_names, adaptation_names)
+        learning_rate = _checked_learning_rate(learning_rate)
+        if gradient_accumulation_steps == 1:
+            gradient_accumulation_steps = None
 
         super().__init__(
             learning_rate=learning_rate,
@@ -356,19 +391,6 @@ class Lamb(keras.optimizers.Optimizer):
                 adaptation_names = wd_names
         if adaptation_names is not None:
             self.exclude_from_layer_adaptation(var_names=adaptation_names)
-
-    @staticmethod
-    def _checked_learning_rate(learning_rate):
-        if isinstance(learning_rate, schedules.LearningRateSchedule):
-            return learning_rate
-        if callable(learning_rate) and not tf.is_tensor(learning_rate):
-            return learning_rate
-        number = _constant_value(learning_rate)
-        _check(number is not None, "learning_rate", learning_rate,
-               "must be a float, a LearningRateSchedule or a callable")
-        _check(number >= 0.0, "learning_rate", learning_rate,
-               "must be non-negative")
-        return number
 
     # -- exclusions ---------------------------------------------------------
 
