@@ -1,16 +1,22 @@
 """A BERT encoder with masked-LM and next-sentence heads, in Keras 3 layers.
 
-The architecture and initialisation follow Devlin et al. (2019): word,
-position and token-type embeddings summed, LayerNorm and dropout; post-
-LayerNorm transformer layers; a tanh pooler over the first token; a masked-LM
-head (dense + GELU + LayerNorm, output tied to the word embeddings, plus a
-bias) and a two-way next-sentence classifier.  Every weight starts from a
-normal distribution truncated at two standard deviations (0.02).
+The model computes what Google's original `modeling.py` computes (Devlin et
+al., 2019): word, position and token-type embeddings summed, LayerNorm
+(epsilon 1e-12) and dropout; post-LayerNorm transformer layers whose
+attention adds -10000 to the scores of padded keys; a tanh pooler over the
+first token; a masked-LM head (dense + activation + LayerNorm, output tied to
+the word embeddings, plus a bias) and a two-way next-sentence classifier.
+`hidden_act: "gelu"` in a `bert_config.json` is Google's gelu, the tanh
+approximation; the exact erf form is `"gelu_exact"`.  Every weight starts
+from a normal distribution truncated at two standard deviations (0.02).
 
 Variables are named as in the original checkpoints, so that regular
 expressions written for BERT keep working, e.g.
 `bert/encoder/layer_0/attention/output/LayerNorm/gamma` or
-`cls/predictions/output_bias`.
+`cls/predictions/output_bias`.  (Three differ from Google's names: the
+embedding tables end in `/embeddings`, and the next-sentence classifier is a
+Dense layer, `cls/seq_relationship/{kernel,bias}`, whose kernel is the
+transpose of Google's `output_weights`; `train.checkpoints` maps them.)
 
 Dropout is stateless: the caller passes an integer seed tensor of shape [2]
 (for instance derived from the step number and the replica), from which
@@ -122,19 +128,40 @@ class BertConfig:
         return dataclasses.replace(copy.copy(self), **changes)
 
 
+def gelu_tanh(x):
+    """Google BERT's gelu: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))."""
+    x = keras.ops.convert_to_tensor(x)
+    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1.0 + keras.ops.tanh(inner))
+
+
+def gelu_exact(x):
+    """The exact gelu, x * Phi(x) with the normal CDF written with erf."""
+    x = keras.ops.convert_to_tensor(x)
+    return 0.5 * x * (1.0 + keras.ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+# The names a bert_config.json may give as hidden_act.  "gelu" is what
+# Google's modeling.py computes (the tanh approximation), so a model loaded
+# from a Google checkpoint reproduces its outputs; "gelu_new" is the same
+# function under HuggingFace's name.
+ACTIVATIONS = {
+    "gelu": gelu_tanh,
+    "gelu_new": gelu_tanh,
+    "gelu_exact": gelu_exact,
+    "relu": keras.activations.relu,
+    "tanh": keras.activations.tanh,
+    "swish": keras.activations.silu,
+    "linear": keras.activations.linear,
+}
+
+
 def activation(name):
-    """BERT's activation names; `gelu` is the exact (erf) form."""
-    functions = {
-        "gelu": lambda x: keras.activations.gelu(x, approximate=False),
-        "gelu_new": lambda x: keras.activations.gelu(x, approximate=True),
-        "relu": keras.activations.relu,
-        "tanh": keras.activations.tanh,
-        "swish": keras.activations.silu,
-    }
-    if name not in functions:
+    """The function for a hidden_act name (see ACTIVATIONS)."""
+    if name not in ACTIVATIONS:
         raise ValueError(f"Unknown hidden_act {name!r}; expected one of "
-                         f"{sorted(functions)}")
-    return functions[name]
+                         f"{sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def initializer(config):
@@ -273,15 +300,24 @@ class BertEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.config = config
         self.embeddings = Embeddings(config, name="embeddings")
-        self.layers_ = [TransformerLayer(config, i, name=f"layer_{i}")
-                        for i in range(config.num_hidden_layers)]
+        # One attribute per layer: TensorFlow's checkpoints do not follow
+        # Keras 3's tracked lists, so layers held in a list attribute would
+        # be missing from every tf.train.Checkpoint of the model.
+        for i in range(config.num_hidden_layers):
+            setattr(self, f"layer_{i}",
+                    TransformerLayer(config, i, name=f"layer_{i}"))
         self.pooler = _dense(config, config.hidden_size, "dense", "tanh")
+
+    @property
+    def transformer_layers(self):
+        return [getattr(self, f"layer_{i}")
+                for i in range(self.config.num_hidden_layers)]
 
     def build(self, input_shape):
         shape = tuple(input_shape)
         self.embeddings.build(shape)
         with keras.name_scope("encoder"):
-            for layer in self.layers_:
+            for layer in self.transformer_layers:
                 layer.build(shape + (self.config.hidden_size,))
         with keras.name_scope("pooler"):
             self.pooler.build((shape[0], self.config.hidden_size))
@@ -290,7 +326,7 @@ class BertEncoder(keras.layers.Layer):
         x = self.embeddings(input_ids, segment_ids, seed=seed)
         mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
         attention_bias = (1.0 - mask) * -10000.0
-        for layer in self.layers_:
+        for layer in self.transformer_layers:
             x = layer(x, attention_bias, seed=seed)
         pooled = self.pooler(x[:, 0])
         return x, pooled
