@@ -60,7 +60,7 @@ def test_default_run_writes_everything(default_run):
     model_dir, result = default_run
     assert os.path.exists(os.path.join(model_dir, "data", "phase1.tfrecord"))
     vocab = open(os.path.join(model_dir, "vocab.txt")).read().splitlines()
-    assert result["config"].vocab_size == len(vocab)
+    assert result["bert_config"].vocab_size == len(vocab)
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
     assert [h["step"] for h in result["history"]] == [2, 4]
     for record in result["history"]:
@@ -82,7 +82,7 @@ def test_savedmodel_reload_matches_the_model(default_run):
     loaded = tf.saved_model.load(result["export_dir"])
     serve = loaded.signatures["serving_default"]
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, result["config"].vocab_size, (3, 20)).astype(
+    ids = rng.integers(5, result["bert_config"].vocab_size, (3, 20)).astype(
         np.int32)
     mask = np.ones_like(ids)
     mask[1, 12:] = 0
@@ -250,7 +250,7 @@ def test_bert_config_file_with_a_learnt_vocabulary(records, tmp_path):
     vocab = (model_dir / "vocab.txt").read_text().splitlines()
     # The learnt vocabulary is padded to the config's size.
     assert len(vocab) == 700 and vocab[-1].startswith("[unused")
-    assert result["config"].hidden_size == 64
+    assert result["bert_config"].hidden_size == 64
     saved = json.loads((model_dir / "bert_config.json").read_text())
     assert saved == json.loads(config.read_text())
     kernel = [v for v in result["trainer"].variables

@@ -6,8 +6,41 @@ Linear warmup, then polynomial decay to `end_learning_rate` (You et al.,
 from its own peak rate, as the paper's re-warm-up does.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientAccumulation:
+    """How a count of micro-batches relates to optimizer updates.
+
+    With `steps` micro-batches per update, the optimizer is called once per
+    micro-batch (`tf_lamb.Lamb` counts calls in `_iterations` and updates in
+    `iterations`), each replica runs `global_batch / (replicas * steps)`
+    examples at a time, and the learning-rate schedule, which Keras feeds the
+    count of calls, turns it back into updates. Every such conversion lives
+    here.
+    """
+
+    steps: int = 1
+
+    def optimizer_argument(self):
+        """`gradient_accumulation_steps` for the optimizer (None: off)."""
+        return self.steps if self.steps > 1 else None
+
+    def micro_batch_size(self, global_batch_size):
+        """Examples of one micro-step over all replicas."""
+        return global_batch_size // self.steps
+
+    def updates(self, optimizer_calls):
+        """Updates done after `optimizer_calls` calls (int or tensor)."""
+        return optimizer_calls // self.steps
+
+    def first_call(self, update):
+        """The optimizer call (0-based) that starts update `update`."""
+        return update * self.steps
 
 
 def _warmup_poly(step, peak, warmup, total, end, power):
@@ -55,7 +88,12 @@ class PretrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, iterations):
         calls = tf.cast(iterations, tf.int64)
-        step = tf.cast(calls // self.accumulation_steps, tf.float32)
+        return self.rate_at_update(
+            GradientAccumulation(self.accumulation_steps).updates(calls))
+
+    def rate_at_update(self, update):
+        """The rate of update number `update` (0-based, int or tensor)."""
+        step = tf.cast(update, tf.float32)
         rate = _warmup_poly(step, self.learning_rate, self.warmup_steps,
                             self.phase1_steps, self.end_learning_rate,
                             self.power)

@@ -1,0 +1,378 @@
+"""Every setting of a pretraining run, as one value checked when it is built.
+
+`PretrainConfig` is what `run_pretraining` takes. The command line
+(`python -m train.pretrain`, see train/flags.py) builds one from its flags;
+Python code builds one directly:
+
+    from train import PretrainConfig, run_pretraining
+    metrics = run_pretraining(PretrainConfig(model_dir="runs/x",
+                                             num_train_steps=20))
+
+Field names, defaults and meanings are those of the flags of the same name
+(`python -m train.pretrain --helpfull`), and error messages name the setting
+as that flag. A bad value raises `InputError` when the config is built, so a
+run that starts has settings that make sense together; the data and files
+they point to are checked when the run starts, before anything is written.
+"""
+
+import dataclasses
+import os
+from typing import Optional, Tuple
+
+from tf_lamb import check_arguments as check_lamb_arguments
+from tf_lamb.distribute import STRATEGIES
+from train import create_pretraining_data as cpd
+from train.modeling import MODEL_SIZES
+from train.optimization import GradientAccumulation
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+MODES = ("train", "eval", "train_and_eval")
+
+# Without an explicit warmup: this many updates, or this share of phase 1
+# when phase 1 is shorter (the same share as 50 of the default 500 updates).
+DEFAULT_WARMUP_STEPS = 50
+DEFAULT_WARMUP_SHARE = 0.1
+DEFAULT_GLOBAL_CLIPNORM = 1.0
+
+
+class InputError(ValueError):
+    """Bad settings or data; the message names the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of training: its updates, example shape and batch."""
+
+    steps: int
+    seq_length: int
+    predictions: int
+    batch_size: int
+    files: Tuple[str, ...] = ()
+
+    def with_files(self, files):
+        return dataclasses.replace(self, files=tuple(files))
+
+
+def _tuple(value):
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """The settings of one pretraining run (see the flags of the same name).
+
+    Settings that depend on others are None by default and resolved by the
+    properties below: `model_size` (tiny unless `bert_config_file`),
+    `warmup_steps` (`effective_warmup_steps`), `global_clipnorm`
+    (`effective_global_clipnorm`), `export_dir` (`export_path`).
+    """
+
+    # -- where things run
+    strategy: str = "one_device"
+    tpu: Optional[str] = None
+    num_gpus: Optional[int] = None
+    # -- model
+    model_size: Optional[str] = None
+    bert_config_file: Optional[str] = None
+    init_checkpoint: Optional[str] = None
+    # -- data
+    train_files: Tuple[str, ...] = ()
+    phase2_train_files: Tuple[str, ...] = ()
+    input_file: Tuple[str, ...] = ()
+    tfds_name: Optional[str] = None
+    tfds_split: str = "train"
+    tfds_data_dir: Optional[str] = None
+    tfds_text_key: str = "text"
+    max_documents: int = 100000
+    vocab_file: Optional[str] = None
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 5
+    whole_word_mask: bool = False
+    do_lower_case: bool = True
+    vocab_size: int = 8000
+    shuffle_buffer: int = 10000
+    # -- schedule
+    train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    num_train_steps: int = 500
+    learning_rate: float = 1e-2
+    warmup_steps: Optional[int] = None
+    end_learning_rate: float = 0.0
+    poly_power: float = 1.0
+    phase2_steps: int = 0
+    phase2_max_seq_length: int = 512
+    phase2_max_predictions_per_seq: int = 80
+    phase2_train_batch_size: Optional[int] = None
+    phase2_learning_rate: Optional[float] = None
+    phase2_warmup_steps: int = 0
+    # -- optimizer (tf_lamb.Lamb)
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    weight_decay: float = 0.01
+    exclude_from_weight_decay: Tuple[str, ...] = ("LayerNorm", "layer_norm",
+                                                  "bias")
+    exclude_from_layer_adaptation: Optional[Tuple[str, ...]] = None
+    max_trust_ratio: Optional[float] = None
+    bias_correction: bool = True
+    global_clipnorm: Optional[float] = None
+    clipnorm: Optional[float] = None
+    clipvalue: Optional[float] = None
+    use_ema: bool = False
+    ema_momentum: float = 0.99
+    ema_overwrite_frequency: Optional[int] = None
+    loss_scale_factor: Optional[float] = None
+    # -- performance
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+    steps_per_loop: int = 1
+    # -- evaluation
+    mode: str = "train"
+    eval_files: Tuple[str, ...] = ()
+    eval_batch_size: int = 32
+    max_eval_steps: Optional[int] = None
+    eval_every_steps: Optional[int] = None
+    # -- output
+    model_dir: str = "runs/pretrain"
+    save_checkpoints_steps: int = 100
+    keep_checkpoint_max: int = 3
+    log_steps: int = 50
+    export_dir: Optional[str] = None
+    seed: int = 42
+
+    def __post_init__(self):
+        for name in ("train_files", "phase2_train_files", "input_file",
+                     "eval_files", "exclude_from_weight_decay"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        if self.exclude_from_layer_adaptation is not None:
+            object.__setattr__(self, "exclude_from_layer_adaptation",
+                               _tuple(self.exclude_from_layer_adaptation))
+        _validate(self)
+
+    # -- resolved settings -----------------------------------------------------
+
+    @property
+    def model_size_name(self):
+        return self.model_size or "tiny"
+
+    @property
+    def phase1_steps(self):
+        return self.num_train_steps - self.phase2_steps
+
+    @property
+    def effective_warmup_steps(self):
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(DEFAULT_WARMUP_STEPS,
+                   int(self.phase1_steps * DEFAULT_WARMUP_SHARE))
+
+    @property
+    def effective_global_clipnorm(self):
+        """The joint clipping norm, or None (clipnorm or clipvalue instead,
+        or 0 given: no clipping)."""
+        if self.global_clipnorm is not None:
+            return self.global_clipnorm or None
+        if self.clipnorm or self.clipvalue:
+            return None
+        return DEFAULT_GLOBAL_CLIPNORM
+
+    @property
+    def accumulation(self):
+        return GradientAccumulation(self.gradient_accumulation_steps)
+
+    @property
+    def export_path(self):
+        """Where the SavedModel goes, or None for 'none'."""
+        if self.export_dir == "none":
+            return None
+        return self.export_dir or os.path.join(self.model_dir, "export")
+
+    @property
+    def trains(self):
+        return self.mode in ("train", "train_and_eval")
+
+    @property
+    def evaluates(self):
+        return self.mode in ("eval", "train_and_eval")
+
+    def phases(self):
+        """The phases of training, without files yet."""
+        result = [Phase(self.phase1_steps, self.max_seq_length,
+                        self.max_predictions_per_seq, self.train_batch_size)]
+        if self.phase2_steps:
+            result.append(Phase(
+                self.phase2_steps, self.phase2_max_seq_length,
+                self.phase2_max_predictions_per_seq,
+                self.phase2_train_batch_size or self.train_batch_size))
+        return result
+
+    def lamb_arguments(self):
+        """Keyword arguments of tf_lamb.Lamb, less the learning rate."""
+        clip = {}
+        if self.clipnorm:
+            clip["clipnorm"] = self.clipnorm
+        elif self.clipvalue:
+            clip["clipvalue"] = self.clipvalue
+        elif self.effective_global_clipnorm:
+            clip["global_clipnorm"] = self.effective_global_clipnorm
+        return dict(
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+            weight_decay=self.weight_decay or None, use_ema=self.use_ema,
+            ema_momentum=self.ema_momentum,
+            ema_overwrite_frequency=self.ema_overwrite_frequency,
+            gradient_accumulation_steps=(
+                self.accumulation.optimizer_argument()),
+            loss_scale_factor=self.loss_scale_factor,
+            max_trust_ratio=self.max_trust_ratio,
+            bias_correction=self.bias_correction,
+            jit_compile=self.jit_compile,
+            exclude_from_weight_decay=list(self.exclude_from_weight_decay),
+            exclude_from_layer_adaptation=(
+                None if self.exclude_from_layer_adaptation is None
+                else list(self.exclude_from_layer_adaptation)),
+            **clip)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _one_of(name, value, choices):
+    if value not in choices:
+        raise InputError(f"--{name} must be one of {list(choices)}, got "
+                         f"{value!r}")
+
+
+def _validate(c):
+    """InputError for unknown, contradictory or impossible settings."""
+    _one_of("strategy", c.strategy, STRATEGIES)
+    _one_of("mixed_precision", c.mixed_precision, PRECISIONS)
+    _one_of("mode", c.mode, MODES)
+    if c.model_size is not None:
+        _one_of("model_size", c.model_size, MODEL_SIZES)
+    sources = [n for n in ("train_files", "input_file", "tfds_name")
+               if getattr(c, n)]
+    if len(sources) > 1:
+        raise InputError(f"Give at most one of --train_files, --input_file "
+                         f"and --tfds_name (got {', '.join(sources)})")
+    if c.bert_config_file and c.model_size is not None:
+        raise InputError("--model_size and --bert_config_file contradict "
+                         "each other; give one")
+    if c.tpu and c.strategy != "tpu":
+        raise InputError(f"--tpu needs --strategy=tpu (got --strategy="
+                         f"{c.strategy})")
+    if c.num_gpus is not None and c.strategy in ("multi_worker", "tpu"):
+        raise InputError(f"--num_gpus is for one_device/mirrored, not "
+                         f"--strategy={c.strategy}")
+    if c.mixed_precision == "mixed_float16" and c.strategy == "tpu":
+        raise InputError("TPUs do not run float16; use "
+                         "--mixed_precision=mixed_bfloat16")
+    for name in ("train_batch_size", "gradient_accumulation_steps",
+                 "num_train_steps", "save_checkpoints_steps", "log_steps",
+                 "keep_checkpoint_max", "shuffle_buffer", "steps_per_loop",
+                 "eval_batch_size", "max_documents"):
+        if getattr(c, name) < 1:
+            raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
+    for name in ("max_eval_steps", "eval_every_steps",
+                 "phase2_train_batch_size"):
+        value = getattr(c, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be >= 1, got {value}")
+    if c.phase2_steps < 0 or c.phase2_steps >= c.num_train_steps:
+        raise InputError(
+            f"--phase2_steps must be in [0, num_train_steps="
+            f"{c.num_train_steps}), got {c.phase2_steps}")
+    phase1 = c.phase1_steps
+    if c.warmup_steps is not None and not 0 <= c.warmup_steps <= phase1:
+        raise InputError(
+            f"--warmup_steps must be in [0, {phase1}] (the updates of phase "
+            f"1: --num_train_steps={c.num_train_steps} minus --phase2_steps="
+            f"{c.phase2_steps}), got {c.warmup_steps}: lower --warmup_steps, "
+            f"raise --num_train_steps, or leave --warmup_steps out for a "
+            f"warmup proportional to the run")
+    if not 0 <= c.phase2_warmup_steps <= max(c.phase2_steps, 0):
+        raise InputError(f"--phase2_warmup_steps must be in [0, "
+                         f"phase2_steps={c.phase2_steps}], got "
+                         f"{c.phase2_warmup_steps}")
+    if c.phase2_steps == 0:
+        for name in ("phase2_train_files", "phase2_train_batch_size",
+                     "phase2_learning_rate"):
+            if getattr(c, name):
+                raise InputError(f"--{name} needs --phase2_steps > 0")
+    if c.train_files and c.phase2_steps and not c.phase2_train_files:
+        raise InputError("--train_files with --phase2_steps needs "
+                         "--phase2_train_files (examples of "
+                         "--phase2_max_seq_length tokens)")
+    if c.phase2_train_files and not c.train_files:
+        raise InputError("--phase2_train_files needs --train_files")
+    if c.learning_rate <= 0 or (c.phase2_learning_rate is not None
+                                and c.phase2_learning_rate <= 0):
+        raise InputError("Learning rates must be > 0")
+    if c.end_learning_rate < 0 or c.end_learning_rate > c.learning_rate:
+        raise InputError(f"--end_learning_rate must be in [0, "
+                         f"learning_rate], got {c.end_learning_rate}")
+    if c.poly_power <= 0:
+        raise InputError(f"--poly_power must be > 0, got {c.poly_power}")
+    clips = [n for n in ("clipnorm", "clipvalue", "global_clipnorm")
+             if getattr(c, n)]
+    if len(clips) > 1:
+        raise InputError(f"Give one gradient clipping flag, not "
+                         f"{', '.join('--' + n for n in clips)}")
+    if c.loss_scale_factor is not None and (
+            c.mixed_precision == "mixed_float16"):
+        raise InputError("--loss_scale_factor and "
+                         "--mixed_precision=mixed_float16 (dynamic loss "
+                         "scaling) contradict each other; give one")
+    if c.ema_overwrite_frequency is not None and not c.use_ema:
+        raise InputError("--ema_overwrite_frequency needs --use_ema")
+    # Lamb's own rules, applied to the arguments it will be given.
+    arguments = c.lamb_arguments()
+    try:
+        check_lamb_arguments(
+            learning_rate=c.learning_rate,
+            **{name: arguments.get(name) for name in (
+                "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm",
+                "clipvalue", "global_clipnorm", "ema_momentum",
+                "ema_overwrite_frequency", "loss_scale_factor",
+                "gradient_accumulation_steps", "max_trust_ratio",
+                "exclude_from_weight_decay",
+                "exclude_from_layer_adaptation")})
+    except ValueError as error:
+        # Lamb names its argument, which is the flag of the same name.
+        raise InputError(f"LAMB setting: {error}") from None
+    try:
+        cpd.check_flags(c.max_seq_length, c.max_predictions_per_seq,
+                        c.masked_lm_prob, c.short_seq_prob, c.dupe_factor,
+                        c.vocab_size)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if c.phase2_steps:
+        try:
+            cpd.check_flags(c.phase2_max_seq_length,
+                            c.phase2_max_predictions_per_seq,
+                            c.masked_lm_prob, c.short_seq_prob,
+                            c.dupe_factor, c.vocab_size)
+        except ValueError as error:
+            raise InputError(f"phase 2: {error} (--phase2_max_seq_length="
+                             f"{c.phase2_max_seq_length}, "
+                             f"--phase2_max_predictions_per_seq="
+                             f"{c.phase2_max_predictions_per_seq})") from None
+    if c.export_path and os.path.abspath(c.export_path) == os.path.abspath(
+            c.model_dir):
+        raise InputError("--export_dir must differ from --model_dir")
+    if c.evaluates and not c.eval_files:
+        raise InputError(f"--mode={c.mode} needs --eval_files")
+    if c.eval_every_steps is not None and c.mode != "train_and_eval":
+        raise InputError("--eval_every_steps needs --mode=train_and_eval")
+    if c.mode == "eval":
+        for name in ("train_files", "phase2_train_files", "input_file",
+                     "tfds_name"):
+            if getattr(c, name):
+                raise InputError(f"--{name} is training data; --mode=eval "
+                                 f"reads only --eval_files")

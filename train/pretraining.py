@@ -1,0 +1,255 @@
+"""`run_pretraining(config)`: the whole pretraining job, from Python.
+
+    from train import PretrainConfig, run_pretraining
+    metrics = run_pretraining(PretrainConfig(model_dir="runs/x",
+                                             num_train_steps=20))
+    metrics["mlm_loss"], metrics["examples_per_second"]
+
+It is what `python -m train.pretrain` runs after turning its flags into a
+`PretrainConfig`: check the settings and the data (raising InputError before
+anything is written), make or reuse the examples, build the model and LAMB
+under the strategy, resume from the newest checkpoint in `model_dir`, train
+with logs, TensorBoard summaries and checkpoints, and export the encoder.
+
+Logging, summaries and checkpoints happen after the updates they are due at
+(every `log_steps`, `save_checkpoints_steps` updates, and at the end of each
+phase): one call of the compiled loop runs `steps_per_loop` updates, or fewer
+when one of those is due sooner, so the intervals are the same for any
+`steps_per_loop`.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+from train import data
+from train.config import InputError
+
+
+def _scalar(name, value):
+    """tf.summary.scalar without the tensorboard package: the same record
+    (a float32 tensor tagged for TensorBoard's scalars plugin)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(name, tf.constant(value, tf.float32),
+                     metadata=metadata.SerializeToString())
+
+
+def _format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def check_batch_sizes(config, phases, replicas):
+    k = config.accumulation.steps
+    for i, phase in enumerate(phases):
+        if phase.batch_size % (replicas * k):
+            flag = "--train_batch_size" if i == 0 else (
+                "--phase2_train_batch_size")
+            raise InputError(
+                f"{flag}={phase.batch_size} is not divisible by the "
+                f"{replicas} replica(s) times --gradient_accumulation_steps="
+                f"{k}")
+
+
+def _next_stop(step, end, config):
+    """The update after which the loop next hands control back: the end of
+    the phase, or the next update a log or checkpoint is due at, at most
+    steps_per_loop updates away."""
+    stop = min(end, step + config.steps_per_loop)
+    for every in (config.log_steps, config.save_checkpoints_steps):
+        stop = min(stop, (step // every + 1) * every)
+    return stop
+
+
+def make_strategy(config):
+    from tf_lamb.distribute import make_strategy as make
+    try:
+        return make(config.strategy, tpu=config.tpu,
+                    num_gpus=config.num_gpus)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def run_pretraining(config, strategy=None, record_files=None):
+    """Runs the job `config` describes; returns its final metrics.
+
+    Args:
+        config: A `train.PretrainConfig`.
+        strategy: A `tf.distribute.Strategy` to use instead of the one
+            `config.strategy` names.
+        record_files: {file name: text} written into `model_dir` once the
+            checks have passed (the command line records its flags).
+
+    Returns:
+        A dict: `step` (updates done), `mlm_loss`, `mlm_accuracy`,
+        `nsp_loss`, `nsp_accuracy` and `learning_rate` of the last logging
+        interval (None when no update ran), `examples_per_second` over the
+        updates of this call, `history` (one such dict per logging
+        interval), `start_step`, `export_dir`, `vocab_file`, `bert_config`
+        and `trainer` (the `trainer.Trainer`, for its model and optimizer).
+
+    Raises:
+        InputError: bad settings or data, before anything is written.
+    """
+    import keras
+    import tensorflow as tf
+    from train import export
+    from train import modeling
+    from train import trainer as trainer_lib
+
+    phases = config.phases()
+    if strategy is None:
+        strategy = make_strategy(config)
+    check_batch_sizes(config, phases, strategy.num_replicas_in_sync)
+    bert_config, _ = data.resolve_model(config, phases)
+    source = data.find_source(config)
+    if source is None:
+        phases = data.train_files(config, phases, bert_config)
+    data.check_model_dir(config, bert_config)
+
+    # -- from here on, files are written ---------------------------------------
+    chief = trainer_lib.is_chief(strategy)
+    model_dir = config.model_dir
+    work_dir = model_dir if chief else tempfile.mkdtemp(prefix="worker_")
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+    vocab_file = config.vocab_file
+    if source is not None:
+        phases, vocab_file = data.prepare_examples(
+            os.path.join(work_dir, "data"), source, phases, config,
+            bert_config)
+    if bert_config is None:
+        from train import create_pretraining_data as cpd
+        bert_config = modeling.BertConfig.for_size(
+            config.model_size_name, len(cpd.read_vocab(vocab_file)))
+        data.check_model_dir(config, bert_config)
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    if chief:
+        with tf.io.gfile.GFile(os.path.join(model_dir, "bert_config.json"),
+                               "w") as fh:
+            fh.write(bert_config.to_json_string())
+        if vocab_file and os.path.abspath(vocab_file) != os.path.abspath(
+                os.path.join(model_dir, "vocab.txt")):
+            tf.io.gfile.copy(vocab_file, os.path.join(model_dir, "vocab.txt"),
+                             overwrite=True)
+        for name, text in (record_files or {}).items():
+            with tf.io.gfile.GFile(os.path.join(model_dir, name), "w") as fh:
+                fh.write(text)
+
+    trainer = trainer_lib.Trainer(config, strategy, bert_config, phases)
+    save_dir = model_dir if chief else os.path.join(work_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(
+        trainer.checkpoint, save_dir, max_to_keep=config.keep_checkpoint_max)
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
+        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"Resumed from {latest}", flush=True)
+    start_step = int(trainer.step.numpy())
+    total = config.num_train_steps
+    writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+              if chief else tf.summary.create_noop_writer())
+    paths = [v.path for v in trainer.variables]
+    params = sum(int(tf.size(v)) for v in trainer.variables)
+    print(f"BERT {bert_config.num_hidden_layers} layers, hidden "
+          f"{bert_config.hidden_size}, vocab {bert_config.vocab_size}: "
+          f"{params:,} parameters; {config.strategy} strategy "
+          f"({strategy.__class__.__name__}) with "
+          f"{trainer.replicas} replica(s); steps {start_step} -> {total}",
+          flush=True)
+
+    if start_step >= total:
+        print(f"Training is complete (step {start_step} of --num_train_steps="
+              f"{total}); only the export is redone", flush=True)
+    history = []
+    step = start_step
+    boundaries = [0]
+    for phase in phases:
+        boundaries.append(boundaries[-1] + phase.steps)
+    run_started, examples_seen = time.time(), 0
+    while step < total:
+        index = max(i for i in range(len(phases)) if boundaries[i] <= step)
+        phase = phases[index]
+        end = boundaries[index + 1]
+        iterator = trainer.distributed_iterator(index, step - boundaries[index])
+        if len(phases) > 1:
+            print(f"Phase {index + 1}: steps {step} -> {end}, "
+                  f"{phase.seq_length} tokens, batch {phase.batch_size}",
+                  flush=True)
+        trainer.reset_stats()
+        interval_start, interval_step = time.time(), step
+        while step < end:
+            stop = _next_stop(step, end, config)
+            trainer.train_loop(iterator, stop - step)
+            examples_seen += (stop - step) * phase.batch_size
+            step = stop
+            if step % config.log_steps == 0 or step == end:
+                stats = trainer.read_stats()
+                elapsed = time.time() - interval_start
+                steps_done = step - interval_step
+                rate = steps_done * phase.batch_size / max(elapsed, 1e-9)
+                eta = (total - step) * elapsed / max(steps_done, 1)
+                lr = trainer.learning_rate(step - 1)
+                record = {"step": step, "mlm_loss": stats["mlm_loss"],
+                          "nsp_loss": stats["nsp_loss"],
+                          "mlm_accuracy": stats["mlm_accuracy"],
+                          "nsp_accuracy": stats["nsp_accuracy"],
+                          "learning_rate": lr, "examples_per_second": rate}
+                history.append(record)
+                if chief:
+                    print(f"step {step:>6}/{total}  mlm_loss "
+                          f"{stats['mlm_loss']:.4f}  nsp_loss "
+                          f"{stats['nsp_loss']:.4f}  mlm_acc "
+                          f"{stats['mlm_accuracy']:.4f}  lr {lr:.3e}  "
+                          f"examples/s {rate:.1f}  eta {_format_eta(eta)}",
+                          flush=True)
+                with writer.as_default(step=step):
+                    for name in ("mlm_loss", "nsp_loss", "mlm_accuracy",
+                                 "nsp_accuracy", "learning_rate",
+                                 "examples_per_second"):
+                        _scalar(name, record[name])
+                    _scalar("loss", record["mlm_loss"] + record["nsp_loss"])
+                    for path, w, g, ratio in zip(
+                            paths, stats["weight_norms"], stats["grad_norms"],
+                            stats["trust_ratios"]):
+                        _scalar(f"weight_norm/{path}", w)
+                        _scalar(f"grad_norm/{path}", g)
+                        _scalar(f"trust_ratio/{path}", ratio)
+                writer.flush()
+                interval_start, interval_step = time.time(), step
+            if step % config.save_checkpoints_steps == 0 or step == total:
+                manager.save(checkpoint_number=step)
+    train_seconds = time.time() - run_started
+    export_path = config.export_path
+    if export_path:
+        target = export_path if chief else os.path.join(work_dir, "export")
+        export.export_encoder(trainer.model.encoder, target)
+        if chief:
+            print(f"Exported the encoder to {export_path}", flush=True)
+    if not chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    if history and chief:
+        first, last = history[0], history[-1]
+        print(f"MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> "
+              f"{last['mlm_loss']:.3f} (step {last['step']}); MLM accuracy "
+              f"{first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}",
+              flush=True)
+    last = history[-1] if history else {}
+    return {
+        "step": step,
+        "mlm_loss": last.get("mlm_loss"),
+        "mlm_accuracy": last.get("mlm_accuracy"),
+        "nsp_loss": last.get("nsp_loss"),
+        "nsp_accuracy": last.get("nsp_accuracy"),
+        "learning_rate": last.get("learning_rate"),
+        "examples_per_second": examples_seen / max(train_seconds, 1e-9),
+        "history": history,
+        "start_step": start_step,
+        "export_dir": export_path,
+        "vocab_file": vocab_file,
+        "bert_config": bert_config,
+        "trainer": trainer,
+    }

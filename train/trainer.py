@@ -1,0 +1,216 @@
+"""Model, optimizer and compiled training steps, from a config and a strategy.
+
+`Trainer(config, strategy, bert_config, phases)` builds a
+`modeling.BertPretrainer` and a `tf_lamb.Lamb` (inside a
+`keras.optimizers.LossScaleOptimizer` for mixed_float16) under the strategy,
+and compiles `train_loop(iterator, updates)`: `updates` optimizer updates in
+one call of one `tf.function`, each update `gradient_accumulation_steps`
+micro-batches taken from the distributed iterator. Many updates per call
+(`--steps_per_loop`) spare the host round trip between updates that bounds
+throughput on TPUs; the updates themselves are the same whatever the count
+per call, since the data order and every dropout seed depend only on the
+update and micro-batch numbers.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tf_lamb import Lamb
+from train import input_pipeline
+from train import modeling
+from train import optimization
+
+
+def make_schedule(config, phases):
+    return optimization.PretrainingSchedule(
+        config.learning_rate, phases[0].steps, config.effective_warmup_steps,
+        config.end_learning_rate, config.poly_power, config.phase2_steps,
+        config.phase2_learning_rate, config.phase2_warmup_steps,
+        config.accumulation.steps)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files (always, but for
+    the non-chief workers of MultiWorkerMirroredStrategy)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def input_pipelines(strategy):
+    """How many input pipelines (hosts) feed the replicas."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        spec = strategy.cluster_resolver.cluster_spec().as_dict()
+        return len(spec.get("worker", [])) + len(spec.get("chief", []))
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return strategy.extended.num_hosts
+    return 1
+
+
+class Trainer:
+    """Model, optimizer, compiled steps and metrics under one strategy."""
+
+    STATS = ("mlm_loss_sum", "mlm_weight", "mlm_correct", "nsp_loss_sum",
+             "nsp_count", "nsp_correct")
+
+    def __init__(self, config, strategy, bert_config, phases):
+        self.strategy = strategy
+        self.config = config
+        self.bert_config = bert_config
+        self.phases = list(phases)
+        self.accumulation = config.accumulation
+        self.replicas = strategy.num_replicas_in_sync
+        keras.utils.set_random_seed(config.seed)
+        self.schedule = make_schedule(config, self.phases)
+        on_read = dict(synchronization=tf.VariableSynchronization.ON_READ,
+                       aggregation=tf.VariableAggregation.SUM,
+                       trainable=False)
+        self.loss_scaling = config.mixed_precision == "mixed_float16"
+        with strategy.scope():
+            self.model = modeling.BertPretrainer(bert_config)
+            self.model.build_for(self.phases[0].seq_length,
+                                 self.phases[0].predictions)
+            self.lamb = Lamb(learning_rate=self.schedule,
+                             **config.lamb_arguments())
+            if self.loss_scaling:
+                self.optimizer = keras.optimizers.LossScaleOptimizer(
+                    self.lamb)
+            else:
+                self.optimizer = self.lamb
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                    name="global_step")
+            self.stats = {name: tf.Variable(0.0, name=name, **on_read)
+                          for name in self.STATS}
+            self.grad_sq = [tf.Variable(0.0, name=f"grad_sq_{i}", **on_read)
+                            for i in range(len(
+                                self.model.trainable_variables))]
+            self.grad_count = tf.Variable(0.0, name="grad_count", **on_read)
+        self.variables = self.model.trainable_variables
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step)
+        self.static_scale = config.loss_scale_factor
+        self._compiled = tf.function(self._forward_backward,
+                                     jit_compile=config.jit_compile,
+                                     reduce_retracing=True)
+        self._train_loop = tf.function(self._train_updates)
+        self.reset_stats = tf.function(self._reset_stats)
+        # Norms computed where the weights live; only scalars are copied.
+        self._weight_norms = tf.function(lambda: [
+            tf.norm(tf.cast(v.value, tf.float32)) for v in self.variables])
+
+    # -- the compiled pieces ---------------------------------------------------
+
+    def _forward_backward(self, features, seed):
+        with tf.GradientTape() as tape:
+            mlm_logits, nsp_logits = self.model(features, training=True,
+                                                seed=seed)
+            stats = modeling.pretraining_losses(features, mlm_logits,
+                                                nsp_logits)
+            mlm = stats["mlm_loss_sum"] / (stats["mlm_weight"] + 1e-5)
+            nsp = stats["nsp_loss_sum"] / stats["nsp_count"]
+            # LAMB sums the replicas' gradients: each replica's share is
+            # 1/replicas of the mean loss.
+            loss = (mlm + nsp) / self.replicas
+            if self.loss_scaling:
+                loss = self.optimizer.scale_loss(loss)
+            elif self.static_scale:
+                loss = loss * self.static_scale
+        grads = tape.gradient(loss, self.variables)
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        # Squared norms of this replica's gradient of the mean loss.
+        factor = float(self.replicas) ** 2
+        if self.loss_scaling:
+            factor = factor / tf.square(tf.cast(
+                self.optimizer.dynamic_scale, tf.float32))
+        elif self.static_scale:
+            factor = factor / self.static_scale ** 2
+        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) * factor
+                   for g in grads]
+        return grads, stats, squares
+
+    def _replica_step(self, features, micro_step):
+        context = tf.distribute.get_replica_context()
+        # Dropout masks depend on the seed, the micro-step and the replica
+        # only, so a resumed run draws the same ones.
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([self.config.seed, 0], tf.int64), micro_step)
+        seed = tf.random.experimental.stateless_fold_in(
+            seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+        grads, stats, squares = self._compiled(features, seed)
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+        for name in self.STATS:
+            self.stats[name].assign_add(stats[name])
+        for variable, square in zip(self.grad_sq, squares):
+            variable.assign_add(square)
+        self.grad_count.assign_add(1.0)
+
+    def _one_update(self, iterator):
+        first = self.accumulation.first_call(self.step.read_value())
+        for i in tf.range(self.accumulation.steps, dtype=tf.int64):
+            self.strategy.run(self._replica_step,
+                              args=(next(iterator), first + i))
+        self.step.assign_add(1)
+
+    def _train_updates(self, iterator, updates):
+        for _ in tf.range(updates):
+            self._one_update(iterator)
+
+    def train_loop(self, iterator, updates=1):
+        """Runs `updates` optimizer updates in one call."""
+        self._train_loop(iterator, tf.constant(updates, tf.int64))
+
+    def _reset_stats(self):
+        def reset():
+            for variable in (list(self.stats.values()) + self.grad_sq
+                             + [self.grad_count]):
+                variable.assign(tf.zeros_like(variable))
+        self.strategy.run(reset)
+
+    # -- reading -----------------------------------------------------------------
+
+    def read_stats(self):
+        """Means since the last reset, then a reset; every worker must call
+        it."""
+        s = {name: float(v.numpy()) for name, v in self.stats.items()}
+        count = max(float(self.grad_count.numpy()), 1.0)
+        w_norms = [float(n) for n in self._weight_norms()]
+        g_norms = [math.sqrt(max(float(g.numpy()), 0.0) / count)
+                   for g in self.grad_sq]
+        self.reset_stats()
+        return {
+            "mlm_loss": s["mlm_loss_sum"] / max(s["mlm_weight"], 1e-5),
+            "nsp_loss": s["nsp_loss_sum"] / max(s["nsp_count"], 1e-5),
+            "mlm_accuracy": s["mlm_correct"] / max(s["mlm_weight"], 1e-5),
+            "nsp_accuracy": s["nsp_correct"] / max(s["nsp_count"], 1e-5),
+            "weight_norms": w_norms,
+            "grad_norms": g_norms,
+            # LAMB's own phi = ||w|| / ||r|| of the last update.
+            "trust_ratios": [float(r) for r in
+                             self.lamb.trust_ratios.numpy()],
+        }
+
+    def learning_rate(self, update):
+        """The rate of update number `update` (0-based)."""
+        return float(self.schedule.rate_at_update(update))
+
+    def distributed_iterator(self, phase_index, updates_done):
+        """An iterator over `phases[phase_index]`'s data that starts after
+        the micro-batches of its first `updates_done` updates."""
+        phase = self.phases[phase_index]
+        pipelines = max(1, input_pipelines(self.strategy))
+        micro_batches = self.accumulation.first_call(updates_done)
+        fn = input_pipeline.dataset_fn(
+            phase.files, self.accumulation.micro_batch_size(phase.batch_size),
+            phase.seq_length, phase.predictions,
+            seed=self.config.seed + 1000 * phase_index,
+            batches_to_skip=micro_batches * self.replicas // pipelines,
+            shuffle_buffer=self.config.shuffle_buffer)
+        return iter(self.strategy.distribute_datasets_from_function(fn))
