@@ -236,6 +236,24 @@ def test_google_names_cover_the_model():
             for n, (v, t) in names.items()} == _shapes()
 
 
+def test_checkpoint_of_a_deeper_model_warns_of_unused_weights(
+        weights, tmp_path, caplog):
+    values = _google_checkpoint_values(weights)
+    for name in list(weights):
+        if name.startswith("bert/encoder/layer_1/"):
+            values[name.replace("layer_1", "layer_2")] = values[name]
+    prefix = _write_google_checkpoint(str(tmp_path / "deep.ckpt"), values)
+    with caplog.at_level("WARNING"):
+        checkpoints.init_from_checkpoint(_model(), prefix)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "16 weights" in warnings[0]
+    assert "bert/encoder/layer_2/attention/output/LayerNorm/beta" in (
+        warnings[0])
+    assert "adam" not in warnings[0]
+
+
 def test_mismatched_checkpoint_is_one_error_and_changes_nothing(weights,
                                                                 tmp_path):
     values = _google_checkpoint_values(weights)
@@ -269,6 +287,10 @@ def test_bad_paths_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no checkpoint"):
         checkpoints.init_from_checkpoint(model, str(tmp_path / "empty"))
+    for name in ("a", "b"):
+        tf.train.Checkpoint(model=model).write(str(tmp_path / "two" / name))
+    with pytest.raises(ValueError, match="several checkpoints"):
+        checkpoints.init_from_checkpoint(model, str(tmp_path / "two"))
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="neither a checkpoint"):
         checkpoints.init_from_checkpoint(model, str(tmp_path / "notes.txt"))
