@@ -126,10 +126,20 @@ def test_apply_unscales_and_filters_before_the_hook():
         grads[1], [0.5, 0.5], err_msg="keras Optimizer.apply() no longer "
         "divides the gradients by `loss_scale_factor` before "
         "_backend_apply_gradients (Lamb does not)")
-    assert probe._overwrite_variable_with_gradient(overwritten) and not (
-        probe._overwrite_variable_with_gradient(variables[0])), (
-        "Optimizer._overwrite_variable_with_gradient(variable) no longer "
-        "tells which variables Lamb must skip in build()")
+
+
+def test_lamb_leaves_overwrite_with_gradient_variables_to_keras():
+    variables = _variables()
+    statistic = keras.Variable(np.zeros(2, np.float32), name="statistic")
+    statistic.overwrite_with_gradient = True
+    optimizer = Lamb(learning_rate=0.01)
+    before = variables[1].numpy()
+    optimizer.apply(_gradients(variables) + [tf.constant([3.0, 4.0])],
+                    variables + [statistic])
+    np.testing.assert_array_equal(statistic.numpy(), [3.0, 4.0])
+    assert optimizer._momentums[2] is None, (
+        "Lamb built slots for an `overwrite_with_gradient` variable")
+    assert not np.allclose(variables[1].numpy(), before)
 
 
 def test_build_hooks_and_private_attributes():

@@ -469,7 +469,9 @@ class Lamb(keras.optimizers.Optimizer):
         self._momentums = []
         self._velocities = []
         for variable in var_list:
-            if self._overwrite_variable_with_gradient(variable):
+            # Keras' apply() assigns such a variable its gradient and never
+            # passes it to the step (keras.Variable's public attribute).
+            if getattr(variable, "overwrite_with_gradient", False):
                 self._momentums.append(None)
                 self._velocities.append(None)
                 continue
