@@ -6,10 +6,11 @@ documents.  Output: `tf.train.Example` records in the format of Google's BERT
 `masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`), readable by
 `python -m train.pretrain --train_files=...`.
 
-Text is split into WordPieces by `tensorflow_text.BertTokenizer`.  Without
---vocab_file a WordPiece vocabulary is learnt from the input text
-(`tensorflow_text`'s `bert_vocab_from_dataset`) and written next to the
-output as `vocab.txt` (or to --output_vocab_file).
+Text is split into WordPieces exactly as Google BERT's tokenization.py does
+(`BertTokenizer`; lower-casing strips accents, no NFKC), and each example
+gets Google's number of masks.  Without --vocab_file a WordPiece vocabulary
+is learnt from the input text (HuggingFace `tokenizers`' WordPiece trainer)
+and written next to the output as `vocab.txt` (or to --output_vocab_file).
 
 Example:
   python -m train.create_pretraining_data \
@@ -19,10 +20,13 @@ Example:
 """
 
 import collections
+import functools
 import json
 import os
 import random
+import re
 import sys
+import unicodedata
 
 from absl import app
 from absl import flags
@@ -116,17 +120,157 @@ def read_documents(patterns):
     return documents
 
 
+# Google's tokenization (tokenization.py of google-research/bert).  Every
+# Unicode question is answered by Python's `unicodedata`, as it is for
+# Google's code, and the steps run in Google's order; only the mechanics
+# differ (translation tables and regular expressions instead of a loop over
+# characters), which is what makes it fast.  tensorflow_text's BertTokenizer
+# is not used: it applies NFKC ("ᴵᴺᵀᵃ" -> "inta"), which Google does not.
+
+# Words longer than this (in characters) become [UNK], as in Google's
+# WordpieceTokenizer (whose default is 200; HuggingFace's copy uses 100).
+MAX_CHARS_PER_WORD = 200
+
+# Changes whenever the same text, vocabulary and flags give other examples,
+# so that a cache of examples (train.pretrain's data directory) is remade:
+# 2 = Google's tokenization (no NFKC) and Google's count of masks.
+EXAMPLES_VERSION = 2
+
+# CJK ideographs get spaces around them (code point ranges, as in Google's
+# _is_chinese_char, not a Unicode property).
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF),
+               (0x2A700, 0x2B73F), (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF),
+               (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _char_class(codes):
+    """A regular-expression character class body for sorted code points."""
+    parts, start, previous = [], None, None
+    for code in list(codes) + [None]:
+        if start is not None and code == previous + 1:
+            previous = code
+            continue
+        if start is not None:
+            parts.append(re.escape(chr(start)) if start == previous else
+                         f"{re.escape(chr(start))}-{re.escape(chr(previous))}")
+        start = previous = code
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def _unicode_tables():
+    """(clean table, accent table, CJK regex, word regex), from one pass
+    over every code point (about a second, once per process)."""
+    clean, accents, punctuation, separators = {}, {}, [], [ord(" ")]
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        category = unicodedata.category(ch)
+        if ch in "\t\n\r" or category == "Zs":
+            clean[code] = " "
+        elif code in (0, 0xFFFD) or category in ("Cc", "Cf"):
+            clean[code] = None
+        elif ch.isspace():
+            # Survives cleaning (U+2028, U+2029), but Google's str.split()
+            # still splits on it.
+            separators.append(code)
+        if category == "Mn":
+            accents[code] = None
+        # Every ASCII character that is neither a letter, a digit, a space
+        # nor a control character counts as punctuation, as in Google's.
+        if category[0] == "P" or (33 <= code <= 126 and not ch.isalnum()):
+            punctuation.append(code)
+    cjk = re.compile("[" + "".join(
+        f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _CJK_RANGES)
+        + "]")
+    punct = _char_class(punctuation)
+    words = re.compile(f"[{punct}]|[^{punct}{_char_class(separators)}]+")
+    return clean, accents, cjk, words
+
+
+def basic_tokenize(text, lower_case=True):
+    """Google's BasicTokenizer: the words of `text` (strings).
+
+    Drops NUL, U+FFFD and control characters; whitespace separates words;
+    CJK ideographs and punctuation characters are words of their own; with
+    `lower_case`, text is lower-cased and stripped of accents (NFD, then
+    non-spacing marks dropped).  No NFKC.
+    """
+    clean, accents, cjk, words = _unicode_tables()
+    text = cjk.sub(r" \g<0> ", text.translate(clean))
+    if lower_case:
+        # Lower-casing the whole line equals Google's word by word: the only
+        # context-dependent rule (a final sigma) stops at the spaces.
+        text = unicodedata.normalize("NFD", text.lower()).translate(accents)
+    return words.findall(text)
+
+
+class BertTokenizer:
+    """Text -> WordPiece ids exactly as Google BERT's FullTokenizer.
+
+    `vocab` is a list of tokens (the id is the index; a repeated token
+    keeps its last index, as Google's load_vocab does).
+    """
+
+    def __init__(self, vocab, lower_case=True):
+        self.ids = {token: i for i, token in enumerate(vocab)}
+        if "[UNK]" not in self.ids:
+            raise ValueError("The vocabulary lacks [UNK]")
+        self.unk = self.ids["[UNK]"]
+        self.lower_case = lower_case
+        self._cache = {}
+
+    def wordpiece(self, word):
+        """The ids of one word: greedy longest match first, continuations
+        prefixed with '##'; [UNK] alone if any part matches nothing."""
+        pieces = self._cache.get(word)
+        if pieces is not None:
+            return pieces
+        pieces = self._split(word)
+        if len(self._cache) < 1_000_000:
+            self._cache[word] = pieces
+        return pieces
+
+    def _split(self, word):
+        if len(word) > MAX_CHARS_PER_WORD:
+            return [self.unk]
+        pieces, start = [], 0
+        while start < len(word):
+            prefix = "##" if start else ""
+            for end in range(len(word), start, -1):
+                found = self.ids.get(prefix + word[start:end])
+                if found is not None:
+                    pieces.append(found)
+                    start = end
+                    break
+            else:
+                return [self.unk]
+        return pieces
+
+    def tokenize(self, text):
+        """The ids of `text`, one list per word."""
+        return [self.wordpiece(w)
+                for w in basic_tokenize(text, self.lower_case)]
+
+
 def learn_vocab(documents, vocab_size=8000, lower_case=True):
-    """A WordPiece vocabulary (list of tokens, specials first) for the text."""
-    import tensorflow as tf
-    from tensorflow_text.tools.wordpiece_vocab import (
-        bert_vocab_from_dataset as bert_vocab)
-    sentences = [s for document in documents for s in document]
-    dataset = tf.data.Dataset.from_tensor_slices(sentences).batch(1024)
-    vocab = bert_vocab.bert_vocab_from_dataset(
-        dataset, vocab_size=vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
-        bert_tokenizer_params={"lower_case": lower_case}, learn_params={})
-    return list(vocab)
+    """A WordPiece vocabulary (list of tokens, SPECIAL_TOKENS first, [PAD]
+    at 0) for the text, learnt by HuggingFace `tokenizers`' WordPiece
+    trainer from the words of Google's BasicTokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tokenizer = Tokenizer(models.WordPiece(
+        unk_token="[UNK]", max_input_chars_per_word=MAX_CHARS_PER_WORD))
+    # The trainer sees the words joined by spaces: they hold no whitespace.
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##", show_progress=False)
+    lines = (" ".join(basic_tokenize(s, lower_case))
+             for document in documents for s in document)
+    tokenizer.train_from_iterator(lines, trainer)
+    learnt = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    vocab = list(SPECIAL_TOKENS)
+    vocab += [t for t, _ in learnt if t not in SPECIAL_TOKENS]
+    return vocab
 
 
 def write_vocab(vocab, path):
@@ -136,12 +280,17 @@ def write_vocab(vocab, path):
 
 
 def read_vocab(path):
-    """Tokens of a vocab file, one per line; ValueError if unusable."""
+    """Tokens of a vocab file, one per line; ValueError if unusable.
+
+    Lines end at '\n' only and are stripped, as in Google's load_vocab.
+    """
     data = _read_bytes(path, "vocab file ")
     try:
-        tokens = data.decode("utf-8").splitlines()
+        tokens = data.decode("utf-8").split("\n")
     except UnicodeDecodeError:
         raise ValueError(f"Vocab file {path} is not UTF-8 text") from None
+    if tokens and tokens[-1] == "":
+        tokens.pop()
     tokens = [t.strip() for t in tokens]
     missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[MASK]")
                if t not in tokens]
@@ -152,26 +301,14 @@ def read_vocab(path):
 
 def tokenize_documents(documents, vocab_file, lower_case=True):
     """Documents as lists of sentences, sentences as lists of words and words
-    as lists of WordPiece ids (tensorflow_text.BertTokenizer)."""
-    import tensorflow as tf
-    import tensorflow_text as text
-    tokenizer = text.BertTokenizer(vocab_file, lower_case=lower_case,
-                                   token_out_type=tf.int64)
-    sentences = [s for document in documents for s in document]
-    pieces = []
-    for start in range(0, len(sentences), 4096):
-        batch = tf.constant(sentences[start:start + 4096])
-        ragged = tokenizer.tokenize(batch)  # [sentence, word, piece]
-        ids = ragged.flat_values.numpy().tolist()
-        word_splits = ragged.values.row_splits.numpy().tolist()
-        sentence_splits = ragged.row_splits.numpy().tolist()
-        words = [ids[b:e] for b, e in zip(word_splits, word_splits[1:])]
-        pieces.extend(words[b:e] for b, e in zip(sentence_splits,
-                                                 sentence_splits[1:]))
-    result, i = [], 0
+    as lists of WordPiece ids (Google BERT's tokenization, BertTokenizer).
+    Sentences without a word and documents without a sentence are left
+    out."""
+    tokenizer = BertTokenizer(read_vocab(vocab_file), lower_case)
+    result = []
     for document in documents:
-        tokenized = [s for s in pieces[i:i + len(document)] if s]
-        i += len(document)
+        tokenized = [words for words in map(tokenizer.tokenize, document)
+                     if words]
         if tokenized:
             result.append(tokenized)
     return result
@@ -225,7 +362,9 @@ def _truncate_pair(a, b, max_tokens, rng):
 
 def mask_tokens(tokens, word_starts, vocab, masked_lm_prob, max_predictions,
                 whole_word_mask, rng):
-    """Chooses ~masked_lm_prob of the ordinary tokens, replacing 80% of them
+    """Chooses round(masked_lm_prob * len(tokens)) ordinary tokens (at
+    least 1, at most max_predictions; Google's count, which includes [CLS]
+    and [SEP]s in the length), replacing 80% of them
     by [MASK], 10% by a random token and leaving 10% unchanged.
 
     Returns (new tokens, sorted positions, original ids at the positions).
@@ -239,9 +378,9 @@ def mask_tokens(tokens, word_starts, vocab, masked_lm_prob, max_predictions,
             groups[-1].append(i)
         else:
             groups.append([i])
-    candidates = sum(len(g) for g in groups)
+    # Google's count: a share of all the tokens, [CLS] and [SEP]s included.
     wanted = min(max_predictions,
-                 max(1, int(round(candidates * masked_lm_prob))))
+                 max(1, int(round(len(tokens) * masked_lm_prob))))
     rng.shuffle(groups)
     output = list(tokens)
     chosen = []
