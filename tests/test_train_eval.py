@@ -338,3 +338,70 @@ def test_reading_errors_propagate(data, model, one_device, tmp_path):
                                      SEQ_LENGTH + 1, PREDICTIONS)
     with pytest.raises(tf.errors.InvalidArgumentError):
         evaluator.evaluate(0)
+
+
+WORKER_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+from train import evaluation, modeling
+config_json, weights_path, out, batch, files = sys.argv[1:6]
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+config = modeling.BertConfig.from_dict(json.loads(config_json))
+with strategy.scope():
+    model = modeling.BertPretrainer(config)
+    model.build_for(%d, %d)
+stored = np.load(weights_path)
+model.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
+evaluator = evaluation.Evaluator(model, strategy, files.split(","),
+                                 int(batch), %d, %d)
+metrics = evaluator.evaluate(9)
+with open(out, "w") as fh:
+    json.dump(metrics, fh)
+""" % (SEQ_LENGTH, PREDICTIONS, SEQ_LENGTH, PREDICTIONS)
+
+
+def test_multi_worker_equals_one_device(data, model, one_device, tmp_path):
+    """Two worker processes (MultiWorkerMirroredStrategy, one CPU replica
+    each) both call evaluate; each returns the one-device numbers."""
+    import json
+    import time
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    weights = tmp_path / "weights.npz"
+    np.savez(weights, *model.get_weights())
+    batch = 6  # 7 steps; the last holds 1 real example
+    ports = _testing.free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes, logs, outs = [], [], []
+    try:
+        for index in range(2):
+            logs.append(str(tmp_path / f"worker{index}.log"))
+            outs.append(str(tmp_path / f"metrics{index}.json"))
+            tf_config = {"cluster": cluster,
+                         "task": {"type": "worker", "index": index}}
+            processes.append(_testing.start(
+                [str(script), json.dumps(model.config.to_dict()),
+                 str(weights), outs[-1], str(batch), ",".join(data["files"])],
+                logs[-1], TF_CONFIG=json.dumps(tf_config)))
+        deadline = time.time() + 240
+        while time.time() < deadline and any(
+                p.poll() is None for p in processes):
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(0.5)
+        codes = [p.poll() for p in processes]
+    finally:
+        for process in processes:
+            _testing.kill(process)
+    texts = [open(log).read() for log in logs]
+    assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
+    single = evaluation.Evaluator(model, one_device, data["files"], batch,
+                                  SEQ_LENGTH, PREDICTIONS).evaluate(9)
+    for out in outs:
+        with open(out) as fh:
+            metrics = json.load(fh)
+        assert metrics["examples"] == RECORDS
+        assert metrics["global_step"] == 9
+        _assert_close(metrics, single, tolerance=1e-6)
