@@ -28,8 +28,8 @@ from train.optimization import GradientAccumulation
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "eval", "train_and_eval")
 
-# Without an explicit warmup: this many updates, or this share of phase 1
-# when phase 1 is shorter (the same share as 50 of the default 500 updates).
+# Without an explicit warmup: this many updates, or, when phase 1 is shorter
+# than that, this share of it (as 50 is of the default 500 updates).
 DEFAULT_WARMUP_STEPS = 50
 DEFAULT_WARMUP_SHARE = 0.1
 DEFAULT_GLOBAL_CLIPNORM = 1.0
@@ -170,8 +170,9 @@ class PretrainConfig:
     def effective_warmup_steps(self):
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return min(DEFAULT_WARMUP_STEPS,
-                   int(self.phase1_steps * DEFAULT_WARMUP_SHARE))
+        if self.phase1_steps >= DEFAULT_WARMUP_STEPS:
+            return DEFAULT_WARMUP_STEPS
+        return int(self.phase1_steps * DEFAULT_WARMUP_SHARE)
 
     @property
     def effective_global_clipnorm(self):
