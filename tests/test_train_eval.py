@@ -1,9 +1,12 @@
 """train.evaluation: Google run_pretraining's eval metrics, checked against a
-NumPy computation from the model's own logits, on one device and under
-MirroredStrategy (2 logical CPUs, see conftest.py)."""
+NumPy computation from the model's own logits, on one device, under
+MirroredStrategy (2 logical CPUs, see conftest.py) and under
+MultiWorkerMirroredStrategy (2 worker processes)."""
 
+import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -365,8 +368,6 @@ with open(out, "w") as fh:
 def test_multi_worker_equals_one_device(data, model, one_device, tmp_path):
     """Two worker processes (MultiWorkerMirroredStrategy, one CPU replica
     each) both call evaluate; each returns the one-device numbers."""
-    import json
-    import time
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
     weights = tmp_path / "weights.npz"

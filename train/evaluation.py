@@ -192,7 +192,7 @@ class Evaluator:
             steps = min(steps, self.max_steps)
         return steps
 
-    # -- the compiled pieces ---------------------------------------------------
+    # -- the compiled pieces -----------------------------------------------
 
     def _replica_sums(self, features):
         mlm_logits, nsp_logits = self.model(features, training=False)
