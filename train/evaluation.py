@@ -277,7 +277,7 @@ EVAL_SUBDIR = "eval"
 _writers = {}
 
 
-def _scalar(name, value):
+def scalar_summary(name, value):
     """tf.summary.scalar without the tensorboard package: the same record
     (a float32 tensor tagged for TensorBoard's scalars plugin)."""
     from tensorflow.core.framework import summary_pb2
@@ -351,7 +351,7 @@ def write_eval_results(model_dir, metrics, echo=True):
     with writer.as_default(step=step):
         for key in sorted(metrics):
             if key != "global_step":
-                _scalar(key, metrics[key])
+                scalar_summary(key, metrics[key])
     writer.flush()
 
     if echo:
