@@ -22,7 +22,7 @@ setup() {
     # pip's download cache (~/.cache/pip) makes reinstalls fast; nothing
     # depends on it being there.
     "$VENV/bin/python" -m pip install --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -e '.[train,test,hlo]'
+    "$VENV/bin/python" -m pip install -e '.[tensorflow,train,test,hlo]'
     echo "$want" > "$stamp"
   fi
 }

@@ -251,3 +251,19 @@ def test_lamb_bias_correction_follows_iterations(accumulation):
         rtol=1e-5, err_msg="the last update's bias correction did not use "
         f"t = {updates}: `_iterations` (advanced by keras Optimizer.apply) "
         "no longer counts the calls")
+
+
+@pytest.mark.parametrize("tensorflow_version, keras_version, problem", [
+    ("2.15.1", "3.15.1", "tensorflow>=2.16"),
+    ("2.21.0", "3.9.2", "keras>=3.10"),
+    ("2.16.1", "3.10.0", None),
+    ("2.22.0-dev20270101", "3.16.0.dev2027", None),
+])
+def test_framework_versions_outside_the_tested_range_fail_on_import(
+        tensorflow_version, keras_version, problem):
+    check = lamb_module._check_framework_versions
+    if problem is None:
+        check(tensorflow_version, keras_version)
+        return
+    with pytest.raises(ImportError, match=problem):
+        check(tensorflow_version, keras_version)

@@ -7,6 +7,25 @@ import keras
 import tensorflow as tf
 from keras.optimizers import schedules
 
+
+def _check_framework_versions(tensorflow_version, keras_version):
+    """Raises ImportError outside the tested range (README).
+
+    pip cannot enforce it: TensorFlow is not a requirement (it may be
+    installed as tensorflow-tpu, tensorflow-cpu or a vendor build), and
+    `--no-deps` skips Keras' bound. Before Keras 3.10 the iteration counter
+    was advanced in the hook Lamb replaces: bias correction would stay at t=1.
+    """
+    for name, version, oldest in (("tensorflow", tensorflow_version, (2, 16)),
+                                  ("keras", keras_version, (3, 10))):
+        if tuple(int(n) for n in re.findall(r"\d+", version)[:2]) < oldest:
+            raise ImportError(
+                f"tf_lamb needs {name}>={oldest[0]}.{oldest[1]}; found "
+                f"{name} {version}")
+
+
+_check_framework_versions(tf.__version__, keras.__version__)
+
 # Slots of low-precision variables are kept in float32 so that v (a running
 # mean of g**2) neither underflows nor loses the small (1 - beta_2) updates,
 # and accumulated gradients keep their low bits.
