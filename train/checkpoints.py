@@ -187,20 +187,9 @@ def _shape(shape):
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def init_from_checkpoint(model, path):
-    """Copies a checkpoint's weights into a built `modeling.BertPretrainer`.
-
-    `path` is a Google BERT checkpoint prefix (e.g. `.../bert_model.ckpt`),
-    a train.pretrain model_dir or checkpoint prefix, or a directory holding
-    one checkpoint (see `resolve_checkpoint`).  Only the model's weights
-    change; optimizer state in the checkpoint is ignored.  The model may
-    have been built under a tf.distribute strategy: every replica's copy
-    gets the values.
-
-    Returns (number of variables, number of parameters) loaded.  Raises
-    ValueError, before assigning anything, listing every model variable that
-    the checkpoint lacks or holds with another shape.
-    """
+def _fitting_plan(model, path):
+    """(kind, prefix, reader, plan) for loading `path` into `model`;
+    ValueError listing every variable that does not fit."""
     if not model.built or not model.weights:
         raise ValueError("Build the model (BertPretrainer.build_for) before "
                          "loading a checkpoint into it")
@@ -230,6 +219,32 @@ def init_from_checkpoint(model, path):
             f"{len(problems)} of {len(plan)} variables are missing or have "
             f"another shape (model shape, checkpoint shape):\n"
             + "\n".join(problems))
+    return kind, prefix, reader, plan
+
+
+def check_checkpoint_fits(model, path):
+    """Raises what `init_from_checkpoint(model, path)` would raise before
+    assigning anything, and changes nothing (for checks made before a run
+    writes its first file)."""
+    _fitting_plan(model, path)
+
+
+def init_from_checkpoint(model, path):
+    """Copies a checkpoint's weights into a built `modeling.BertPretrainer`.
+
+    `path` is a Google BERT checkpoint prefix (e.g. `.../bert_model.ckpt`),
+    a train.pretrain model_dir or checkpoint prefix, or a directory holding
+    one checkpoint (see `resolve_checkpoint`).  Only the model's weights
+    change; optimizer state in the checkpoint is ignored.  The model may
+    have been built under a tf.distribute strategy: every replica's copy
+    gets the values.
+
+    Returns (number of variables, number of parameters) loaded.  Raises
+    ValueError, before assigning anything, listing every model variable that
+    the checkpoint lacks or holds with another shape.
+    """
+    kind, prefix, reader, plan = _fitting_plan(model, path)
+    shapes = reader.get_variable_to_shape_map()
 
     # Read everything first, so that a read error leaves the model as it was.
     values = []

@@ -53,10 +53,9 @@ def resolve_model(config, phases):
             f"Vocab file {config.vocab_file} has {len(tokens)} tokens but the "
             f"model's vocab_size is {bert_config.vocab_size}: they do not "
             f"match")
-    if (config.train_files or config.eval_files) and bert_config is None:
-        flag = "--train_files" if config.train_files else "--eval_files"
-        raise InputError(f"{flag} needs --vocab_file or --bert_config_file "
-                         f"(to know the vocabulary size)")
+    if config.train_files and bert_config is None:
+        raise InputError("--train_files needs --vocab_file or "
+                         "--bert_config_file (to know the vocabulary size)")
     if bert_config is not None:
         longest = max(p.seq_length for p in phases)
         if longest > bert_config.max_position_embeddings:

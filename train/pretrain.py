@@ -47,6 +47,7 @@ from absl import flags
 
 from train import flags as train_flags
 from train.config import InputError, PretrainConfig  # noqa: F401
+from train.input_pipeline import DataError
 from train.pretraining import run_pretraining
 
 FLAGS = flags.FLAGS
@@ -69,7 +70,8 @@ def main(argv):
         config = train_flags.config_from_flags(FLAGS)
         run_pretraining(config, record_files={
             "flags.txt": FLAGS.flags_into_string()})
-    except InputError as error:
+    except (InputError, DataError) as error:
+        # Bad settings or data: one line, no traceback, exit code 1.
         sys.exit(f"Error: {error}")
 
 

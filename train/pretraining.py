@@ -25,17 +25,7 @@ import time
 
 from train import data
 from train.config import InputError
-
-
-def _scalar(name, value):
-    """tf.summary.scalar without the tensorboard package: the same record
-    (a float32 tensor tagged for TensorBoard's scalars plugin)."""
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(name, tf.constant(value, tf.float32),
-                     metadata=metadata.SerializeToString())
+from train.evaluation import scalar_summary as _scalar
 
 
 def _format_eta(seconds):
@@ -74,8 +64,117 @@ def make_strategy(config):
         raise InputError(str(error)) from None
 
 
+def _next_eval(step, config):
+    if config.mode == "train_and_eval" and config.eval_every_steps:
+        return (step // config.eval_every_steps + 1) * config.eval_every_steps
+    return None
+
+
+class _Checked:
+    """What the checks found: everything a run needs before it writes."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def _check_init_checkpoint(config, bert_config, resuming):
+    """The --init_checkpoint must fit the model; checked on a model built
+    for the check alone, so nothing is written or assigned first."""
+    from train import checkpoints
+    from train import modeling
+    if not config.init_checkpoint or resuming:
+        return
+    if bert_config is None:
+        raise InputError("--init_checkpoint needs the checkpoint's model: "
+                         "give --bert_config_file, or --vocab_file with "
+                         "--model_size")
+    model = modeling.BertPretrainer(bert_config)
+    model.build_for(config.max_seq_length, config.max_predictions_per_seq)
+    try:
+        checkpoints.check_checkpoint_fits(model, config.init_checkpoint)
+    except ValueError as error:
+        raise InputError(f"--init_checkpoint: {error}") from None
+
+
+def _check(config, strategy):
+    """Every check of the settings against the data, files and strategy;
+    raises InputError before anything is written."""
+    import tensorflow as tf
+    from train import input_pipeline
+    from train import modeling
+    phases = config.phases()
+    check_batch_sizes(config, phases, strategy.num_replicas_in_sync)
+    if config.eval_batch_size % strategy.num_replicas_in_sync:
+        raise InputError(
+            f"--eval_batch_size={config.eval_batch_size} is not divisible "
+            f"by the {strategy.num_replicas_in_sync} replica(s)")
+    bert_config, _ = data.resolve_model(config, phases)
+    latest = None
+    if tf.io.gfile.isdir(config.model_dir):
+        latest = tf.train.latest_checkpoint(config.model_dir)
+    if bert_config is None and config.mode == "eval" and latest:
+        saved = data.saved_bert_config(config.model_dir)
+        if saved is not None:
+            try:
+                bert_config = modeling.BertConfig.from_dict(
+                    saved, f"{config.model_dir}/bert_config.json")
+            except ValueError as error:
+                raise InputError(str(error)) from None
+    if config.evaluates and bert_config is None:
+        raise InputError(
+            "--eval_files needs the model's vocabulary: --vocab_file or "
+            "--bert_config_file" + (", or a --model_dir with a checkpoint "
+                                    "and its bert_config.json"
+                                    if config.mode == "eval" else ""))
+    if config.mode == "eval":
+        if not latest and not config.init_checkpoint:
+            raise InputError(f"Nothing to evaluate: --model_dir "
+                             f"{config.model_dir} has no checkpoint and no "
+                             f"--init_checkpoint is given")
+    source = None
+    if config.trains:
+        source = data.find_source(config)
+        if source is None:
+            phases = data.train_files(config, phases, bert_config)
+    eval_files = ()
+    if config.evaluates:
+        try:
+            eval_files = input_pipeline.check_files(
+                config.eval_files, config.max_seq_length,
+                config.max_predictions_per_seq, bert_config.vocab_size)
+        except ValueError as error:
+            raise InputError(f"--eval_files: {error}") from None
+    data.check_model_dir(config, bert_config)
+    _check_init_checkpoint(config, bert_config, resuming=bool(latest))
+    return _Checked(phases=phases, bert_config=bert_config, source=source,
+                    eval_files=eval_files, latest=latest)
+
+
+def _reading(files, seq_length, predictions):
+    """A context manager that turns an error from reading `files` into one
+    DataError naming the bad file."""
+    import contextlib
+    import tensorflow as tf
+    from train import input_pipeline
+
+    @contextlib.contextmanager
+    def reading():
+        try:
+            yield
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+                UnicodeDecodeError) as error:
+            raise input_pipeline.data_error(
+                error, files, seq_length, predictions) from None
+    return reading()
+
+
 def run_pretraining(config, strategy=None, record_files=None):
     """Runs the job `config` describes; returns its final metrics.
+
+    `config.mode` says what: `train` (the default), `eval` (evaluate the
+    newest checkpoint in `model_dir`, else `init_checkpoint`, on
+    `eval_files`), or `train_and_eval` (evaluate every `eval_every_steps`
+    updates and at the end).
 
     Args:
         config: A `train.PretrainConfig`.
@@ -89,27 +188,28 @@ def run_pretraining(config, strategy=None, record_files=None):
         `nsp_loss`, `nsp_accuracy` and `learning_rate` of the last logging
         interval (None when no update ran), `examples_per_second` over the
         updates of this call, `history` (one such dict per logging
-        interval), `start_step`, `export_dir`, `vocab_file`, `bert_config`
-        and `trainer` (the `trainer.Trainer`, for its model and optimizer).
+        interval), `eval` (the newest evaluation's metrics, as in
+        eval_results.txt, or None), `start_step`, `export_dir`,
+        `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
+        for its model and optimizer).
 
     Raises:
         InputError: bad settings or data, before anything is written.
+        input_pipeline.DataError: a record that cannot be read, found while
+            training or evaluating (checkpoints saved before it are kept).
     """
     import keras
     import tensorflow as tf
+    from train import checkpoints
+    from train import evaluation
     from train import export
     from train import modeling
     from train import trainer as trainer_lib
 
-    phases = config.phases()
     if strategy is None:
         strategy = make_strategy(config)
-    check_batch_sizes(config, phases, strategy.num_replicas_in_sync)
-    bert_config, _ = data.resolve_model(config, phases)
-    source = data.find_source(config)
-    if source is None:
-        phases = data.train_files(config, phases, bert_config)
-    data.check_model_dir(config, bert_config)
+    checked = _check(config, strategy)
+    phases, bert_config = checked.phases, checked.bert_config
 
     # -- from here on, files are written ---------------------------------------
     chief = trainer_lib.is_chief(strategy)
@@ -118,9 +218,9 @@ def run_pretraining(config, strategy=None, record_files=None):
     if chief:
         tf.io.gfile.makedirs(model_dir)
     vocab_file = config.vocab_file
-    if source is not None:
+    if checked.source is not None:
         phases, vocab_file = data.prepare_examples(
-            os.path.join(work_dir, "data"), source, phases, config,
+            os.path.join(work_dir, "data"), checked.source, phases, config,
             bert_config)
     if bert_config is None:
         from train import create_pretraining_data as cpd
@@ -128,7 +228,7 @@ def run_pretraining(config, strategy=None, record_files=None):
             config.model_size_name, len(cpd.read_vocab(vocab_file)))
         data.check_model_dir(config, bert_config)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
-    if chief:
+    if chief and config.trains:
         with tf.io.gfile.GFile(os.path.join(model_dir, "bert_config.json"),
                                "w") as fh:
             fh.write(bert_config.to_json_string())
@@ -146,9 +246,46 @@ def run_pretraining(config, strategy=None, record_files=None):
         trainer.checkpoint, save_dir, max_to_keep=config.keep_checkpoint_max)
     latest = tf.train.latest_checkpoint(model_dir)
     if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
-        print(f"Resumed from {latest}", flush=True)
+        status = trainer.checkpoint.restore(latest)
+        if config.trains:
+            status.assert_existing_objects_matched()
+        else:
+            status.expect_partial()
+        print(f"Resumed from {latest}" + (
+            f" (--init_checkpoint is only for a run's start: not loaded)"
+            if config.init_checkpoint else ""), flush=True)
+    elif config.init_checkpoint:
+        variables, parameters = checkpoints.init_from_checkpoint(
+            trainer.model, config.init_checkpoint)
+        print(f"Initialised {variables} variables ({parameters:,} "
+              f"parameters) from {config.init_checkpoint}", flush=True)
     start_step = int(trainer.step.numpy())
+
+    evaluator = None
+    if config.evaluates:
+        evaluator = evaluation.Evaluator(
+            trainer.model, strategy, checked.eval_files,
+            config.eval_batch_size, config.max_seq_length,
+            config.max_predictions_per_seq, max_steps=config.max_eval_steps,
+            jit_compile=config.jit_compile)
+
+    def evaluate(step):
+        with _reading(checked.eval_files, config.max_seq_length,
+                      config.max_predictions_per_seq):
+            metrics = evaluator.evaluate(step)
+        if chief:
+            evaluation.write_eval_results(model_dir, metrics)
+        return metrics
+
+    if config.mode == "eval":
+        metrics = evaluate(start_step)
+        return {"step": start_step, "mlm_loss": None, "mlm_accuracy": None,
+                "nsp_loss": None, "nsp_accuracy": None,
+                "learning_rate": None, "examples_per_second": None,
+                "history": [], "eval": metrics, "start_step": start_step,
+                "export_dir": None, "vocab_file": vocab_file,
+                "bert_config": bert_config, "trainer": trainer}
+
     total = config.num_train_steps
     writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
               if chief else tf.summary.create_noop_writer())
@@ -164,7 +301,7 @@ def run_pretraining(config, strategy=None, record_files=None):
     if start_step >= total:
         print(f"Training is complete (step {start_step} of --num_train_steps="
               f"{total}); only the export is redone", flush=True)
-    history = []
+    history, eval_metrics = [], None
     step = start_step
     boundaries = [0]
     for phase in phases:
@@ -183,7 +320,9 @@ def run_pretraining(config, strategy=None, record_files=None):
         interval_start, interval_step = time.time(), step
         while step < end:
             stop = _next_stop(step, end, config)
-            trainer.train_loop(iterator, stop - step)
+            stop = min(stop, _next_eval(step, config) or stop)
+            with _reading(phase.files, phase.seq_length, phase.predictions):
+                trainer.train_loop(iterator, stop - step)
             examples_seen += (stop - step) * phase.batch_size
             step = stop
             if step % config.log_steps == 0 or step == end:
@@ -222,7 +361,14 @@ def run_pretraining(config, strategy=None, record_files=None):
                 interval_start, interval_step = time.time(), step
             if step % config.save_checkpoints_steps == 0 or step == total:
                 manager.save(checkpoint_number=step)
+            if evaluator is not None and step < total and (
+                    config.eval_every_steps
+                    and step % config.eval_every_steps == 0):
+                eval_metrics = evaluate(step)
+                interval_start = time.time()
     train_seconds = time.time() - run_started
+    if evaluator is not None:
+        eval_metrics = evaluate(step)
     export_path = config.export_path
     if export_path:
         target = export_path if chief else os.path.join(work_dir, "export")
@@ -247,6 +393,7 @@ def run_pretraining(config, strategy=None, record_files=None):
         "learning_rate": last.get("learning_rate"),
         "examples_per_second": examples_seen / max(train_seconds, 1e-9),
         "history": history,
+        "eval": eval_metrics,
         "start_step": start_step,
         "export_dir": export_path,
         "vocab_file": vocab_file,
