@@ -168,7 +168,8 @@ def _reading(files, seq_length, predictions):
     return reading()
 
 
-def run_pretraining(config, strategy=None, record_files=None):
+def run_pretraining(config, strategy=None, record_files=None,
+                    optimizer_fn=None):
     """Runs the job `config` describes; returns its final metrics.
 
     `config.mode` says what: `train` (the default), `eval` (evaluate the
@@ -182,6 +183,9 @@ def run_pretraining(config, strategy=None, record_files=None):
             `config.strategy` names.
         record_files: {file name: text} written into `model_dir` once the
             checks have passed (the command line records its flags).
+        optimizer_fn: For comparisons: a function from the learning-rate
+            schedule to a Keras optimizer used instead of `tf_lamb.Lamb`
+            (the config's LAMB settings are then unused).
 
     Returns:
         A dict: `step` (updates done), `mlm_loss`, `mlm_accuracy`,
@@ -240,7 +244,8 @@ def run_pretraining(config, strategy=None, record_files=None):
             with tf.io.gfile.GFile(os.path.join(model_dir, name), "w") as fh:
                 fh.write(text)
 
-    trainer = trainer_lib.Trainer(config, strategy, bert_config, phases)
+    trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
+                                  optimizer_fn)
     save_dir = model_dir if chief else os.path.join(work_dir, "checkpoints")
     manager = tf.train.CheckpointManager(
         trainer.checkpoint, save_dir, max_to_keep=config.keep_checkpoint_max)
@@ -356,7 +361,8 @@ def run_pretraining(config, strategy=None, record_files=None):
                             stats["trust_ratios"]):
                         _scalar(f"weight_norm/{path}", w)
                         _scalar(f"grad_norm/{path}", g)
-                        _scalar(f"trust_ratio/{path}", ratio)
+                        if ratio is not None:
+                            _scalar(f"trust_ratio/{path}", ratio)
                 writer.flush()
                 interval_start, interval_step = time.time(), step
             if step % config.save_checkpoints_steps == 0 or step == total:

@@ -1,7 +1,8 @@
 """Model, optimizer and compiled training steps, from a config and a strategy.
 
 `Trainer(config, strategy, bert_config, phases)` builds a
-`modeling.BertPretrainer` and a `tf_lamb.Lamb` (inside a
+`modeling.BertPretrainer` and a `tf_lamb.Lamb` (or the optimizer that
+`optimizer_fn(learning_rate_schedule)` returns, for comparisons) (inside a
 `keras.optimizers.LossScaleOptimizer` for mixed_float16) under the strategy,
 and compiles `train_loop(iterator, updates)`: `updates` optimizer updates in
 one call of one `tf.function`, each update `gradient_accumulation_steps`
@@ -60,7 +61,8 @@ class Trainer:
     STATS = ("mlm_loss_sum", "mlm_weight", "mlm_correct", "nsp_loss_sum",
              "nsp_count", "nsp_correct")
 
-    def __init__(self, config, strategy, bert_config, phases):
+    def __init__(self, config, strategy, bert_config, phases,
+                 optimizer_fn=None):
         self.strategy = strategy
         self.config = config
         self.bert_config = bert_config
@@ -77,13 +79,16 @@ class Trainer:
             self.model = modeling.BertPretrainer(bert_config)
             self.model.build_for(self.phases[0].seq_length,
                                  self.phases[0].predictions)
-            self.lamb = Lamb(learning_rate=self.schedule,
-                             **config.lamb_arguments())
+            if optimizer_fn is None:
+                self.inner_optimizer = Lamb(learning_rate=self.schedule,
+                                            **config.lamb_arguments())
+            else:
+                self.inner_optimizer = optimizer_fn(self.schedule)
             if self.loss_scaling:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(
-                    self.lamb)
+                    self.inner_optimizer)
             else:
-                self.optimizer = self.lamb
+                self.optimizer = self.inner_optimizer
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False,
                                     name="global_step")
@@ -192,9 +197,12 @@ class Trainer:
             "nsp_accuracy": s["nsp_correct"] / max(s["nsp_count"], 1e-5),
             "weight_norms": w_norms,
             "grad_norms": g_norms,
-            # LAMB's own phi = ||w|| / ||r|| of the last update.
-            "trust_ratios": [float(r) for r in
-                             self.lamb.trust_ratios.numpy()],
+            # LAMB's own phi = ||w|| / ||r|| of the last update (none for
+            # another optimizer).
+            "trust_ratios": ([float(r) for r in
+                              self.inner_optimizer.trust_ratios.numpy()]
+                             if isinstance(self.inner_optimizer, Lamb)
+                             else [None] * len(w_norms)),
         }
 
     def learning_rate(self, update):
