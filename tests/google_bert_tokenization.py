@@ -5,7 +5,8 @@ from its published algorithm as a plain character loop, for the tests.
 It is deliberately slow and literal: one decision per character, in the
 order Google makes them, with Python's `unicodedata` answering every
 Unicode question (as it does for Google's code).  The project's tokenizer
-(train.create_pretraining_data.BertTokenizer) is checked against it.
+(train.create_pretraining_data.BertTokenizer) is checked against it in
+tests/test_train_tokenization.py.
 
 The algorithm, step by step:
 1. Clean: drop U+0000, U+FFFD and control characters (categories Cc and

@@ -210,7 +210,6 @@ def _restorable(model_dir):
     return prefix
 
 
-@pytest.mark.xfail(strict=False, reason="wired by the lead")
 def test_training_on_a_corrupt_record_ends_in_one_line(
         records, big_corrupt_file, tmp_path):
     path, offset = big_corrupt_file
@@ -226,7 +225,6 @@ def test_training_on_a_corrupt_record_ends_in_one_line(
     assert step >= 10
 
 
-@pytest.mark.xfail(strict=False, reason="wired by the lead")
 def test_evaluating_a_corrupt_record_ends_in_one_line(
         records, big_corrupt_file, tmp_path):
     path, offset = big_corrupt_file
