@@ -91,8 +91,8 @@ def test_flipped_byte_past_the_start_up_check_is_named_with_its_offset(
     # header.
     assert f"the record at byte {offset + 12} is corrupt" in message
     # With the default budget the start-up check reads it whole and fails.
-    with pytest.raises(input_pipeline.DataError,
-                       match=re.escape(f"{bad} is corrupt at byte {offset + 12}")):
+    expected = f"{bad} is corrupt at byte {offset + 12}"
+    with pytest.raises(input_pipeline.DataError, match=re.escape(expected)):
         input_pipeline.check_files([good, bad], SEQ, PREDS,
                                    records["vocab_size"])
 
