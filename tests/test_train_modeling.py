@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import google_checkpoint
 import numpy_bert
 from tf_lamb import Lamb
 from train import checkpoints, modeling
@@ -88,39 +89,14 @@ def _relative(actual, expected):
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
-def _google_name(path):
-    """Google's checkpoint name for a model variable path (independent of
-    train.checkpoints), and whether Google stores it transposed."""
-    if path == "cls/seq_relationship/kernel":
-        return "cls/seq_relationship/output_weights", True
-    if path == "cls/seq_relationship/bias":
-        return "cls/seq_relationship/output_bias", False
-    if path.endswith("_embeddings/embeddings"):
-        return path[:-len("/embeddings")], False
-    return path, False
-
-
 def _assign_by_path(model, weights):
     assigned = set()
     for variable in model.weights:
-        name, transposed = _google_name(variable.path)
+        name, transposed = google_checkpoint.google_name(variable.path)
         value = weights[name].T if transposed else weights[name]
         variable.assign(value.astype(np.float32))
         assigned.add(name)
     assert assigned == set(weights)
-
-
-def _write_google_checkpoint(prefix, values):
-    """A TF1 name-based checkpoint, as Google's BERT code writes one."""
-    with tf.Graph().as_default():
-        for name, value in values.items():
-            value = np.asarray(value)
-            tf.compat.v1.get_variable(
-                name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
-                initializer=tf.compat.v1.constant_initializer(value))
-        with tf.compat.v1.Session() as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            return tf.compat.v1.train.Saver().save(session, prefix)
 
 
 def _google_checkpoint_values(weights):
@@ -214,7 +190,7 @@ def test_checkpoint_of_the_model_holds_every_weight(tmp_path):
 
 def test_google_checkpoint_loads_and_gives_numpy_logits(weights, features,
                                                         tmp_path):
-    prefix = _write_google_checkpoint(
+    prefix = google_checkpoint.write_google_checkpoint(
         str(tmp_path / "google" / "bert_model.ckpt"),
         _google_checkpoint_values(weights))
     expected_mlm, expected_nsp = _numpy_logits(weights, features)
@@ -242,7 +218,7 @@ def test_checkpoint_of_a_deeper_model_warns_of_unused_weights(
     for name in list(weights):
         if name.startswith("bert/encoder/layer_1/"):
             values[name.replace("layer_1", "layer_2")] = values[name]
-    prefix = _write_google_checkpoint(str(tmp_path / "deep.ckpt"), values)
+    prefix = google_checkpoint.write_google_checkpoint(str(tmp_path / "deep.ckpt"), values)
     with caplog.at_level("WARNING"):
         checkpoints.init_from_checkpoint(_model(), prefix)
     warnings = [r.getMessage() for r in caplog.records
@@ -262,7 +238,7 @@ def test_mismatched_checkpoint_is_one_error_and_changes_nothing(weights,
         (512, HIDDEN), np.float32)
     values["cls/seq_relationship/output_weights"] = np.zeros(
         (HIDDEN, 2), np.float32)  # a Dense kernel, not Google's layout
-    prefix = _write_google_checkpoint(str(tmp_path / "bad.ckpt"), values)
+    prefix = google_checkpoint.write_google_checkpoint(str(tmp_path / "bad.ckpt"), values)
     model = _model()
     before = _model_values(model)
     with pytest.raises(ValueError) as error:
@@ -362,12 +338,12 @@ def test_own_checkpoint_of_other_shape_is_one_error(tmp_path):
 def test_mirrored_replicas_all_get_the_values(weights, features, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
-    prefix = _write_google_checkpoint(str(tmp_path / "bert_model.ckpt"),
+    prefix = google_checkpoint.write_google_checkpoint(str(tmp_path / "bert_model.ckpt"),
                                       _google_checkpoint_values(weights))
     model = _model(strategy=strategy)
     checkpoints.init_from_checkpoint(model, prefix)
     for variable in model.weights:
-        name, transposed = _google_name(variable.path)
+        name, transposed = google_checkpoint.google_name(variable.path)
         want = weights[name].T if transposed else weights[name]
         copies = strategy.experimental_local_results(variable.value)
         assert len(copies) == 2
