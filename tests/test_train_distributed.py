@@ -18,18 +18,20 @@ SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
 
 MIRRORED_SCRIPT = r"""
 import sys
+sys.path.insert(0, TESTS_DIR)
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from train import pretrain
+import train_testing
+from train import InputError
 args = sys.argv[1:]
 try:
-    pretrain.run_with_args(args + ["--train_batch_size=9"])
-except pretrain.InputError as error:
+    train_testing.run_flags(args + ["--train_batch_size=9"])
+except InputError as error:
     print("BATCH_ERROR", error)
-result = pretrain.run_with_args(args + ["--train_batch_size=8"])
+result = train_testing.run_flags(args + ["--train_batch_size=8"])
 trainer = result["trainer"]
 print("REPLICAS", trainer.replicas)
 for variable in trainer.variables:
@@ -51,7 +53,8 @@ def records(tmp_path_factory):
 
 def test_mirrored_two_replicas(records, tmp_path):
     script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED_SCRIPT)
+    script.write_text(MIRRORED_SCRIPT.replace(
+        "TESTS_DIR", repr(os.path.dirname(os.path.abspath(__file__)))))
     model_dir = tmp_path / "run"
     result = _testing.run(
         [str(script)] + SMALL + records + [

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import train_testing as _testing
-from train import pretrain
+from train import InputError
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--train_batch_size=8", "--warmup_steps=1", "--num_train_steps=2"]
@@ -23,8 +23,8 @@ def records(tmp_path_factory):
 
 def _fails(args, match, tmp_path):
     model_dir = str(tmp_path / "never_created")
-    with pytest.raises(pretrain.InputError, match=match):
-        pretrain.run_with_args([f"--model_dir={model_dir}"] + args)
+    with pytest.raises(InputError, match=match):
+        _testing.run_flags([f"--model_dir={model_dir}"] + args)
     assert not os.path.exists(model_dir)
 
 
@@ -121,12 +121,12 @@ def test_bad_bert_config(tmp_path):
 
 def test_model_dir_of_another_model_is_left_alone(records, tmp_path):
     model_dir = str(tmp_path / "run")
-    pretrain.run_with_args(SMALL + _data(records) + [
+    _testing.run_flags(SMALL + _data(records) + [
         f"--model_dir={model_dir}", "--export_dir=none"])
     before = {name: os.path.getmtime(os.path.join(model_dir, name))
               for name in os.listdir(model_dir)}
-    with pytest.raises(pretrain.InputError, match="another model"):
-        pretrain.run_with_args(SMALL + _data(records) + [
+    with pytest.raises(InputError, match="another model"):
+        _testing.run_flags(SMALL + _data(records) + [
             f"--model_dir={model_dir}", "--model_size=mini"])
     after = {name: os.path.getmtime(os.path.join(model_dir, name))
              for name in os.listdir(model_dir)}
@@ -178,12 +178,12 @@ def test_model_dir_of_another_size_with_learnt_vocab(records, tmp_path):
     args = SMALL + [f"--input_file={text}", f"--model_dir={model_dir}",
                     "--dupe_factor=1", "--vocab_size=300",
                     "--export_dir=none"]
-    pretrain.run_with_args(args)
+    _testing.run_flags(args)
     listing = sorted(os.walk(model_dir))
     stamps = {os.path.join(d, n): os.path.getmtime(os.path.join(d, n))
               for d, _, names in listing for n in names}
-    with pytest.raises(pretrain.InputError, match="another model"):
-        pretrain.run_with_args(args + ["--model_size=mini"])
+    with pytest.raises(InputError, match="another model"):
+        _testing.run_flags(args + ["--model_size=mini"])
     assert sorted(os.walk(model_dir)) == listing
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
 

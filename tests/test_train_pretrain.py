@@ -1,6 +1,7 @@
-"""End-to-end runs of train.pretrain (tiny model, few steps, in-process
-unless a separate process is the point)."""
+"""Pretraining runs (tiny model, few steps) through run_pretraining, and the
+command line's own behaviour: flags to config, help, a killed process."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -12,11 +13,16 @@ import pytest
 import tensorflow as tf
 
 import train_testing as _testing
-from train import pretrain
+from train import PretrainConfig, run_pretraining
+from train import flags as train_flags
+from train.config import PretrainConfig as ConfigClass
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--train_batch_size=8", "--warmup_steps=1", "--shuffle_buffer=100",
          "--learning_rate=1e-2"]
+SMALL_CONFIG = dict(max_seq_length=32, max_predictions_per_seq=5,
+                    train_batch_size=8, warmup_steps=1, shuffle_buffer=100,
+                    learning_rate=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +40,23 @@ def _data_args(records):
             f"--vocab_file={records['vocab']}"]
 
 
+def _run(records, model_dir, **changes):
+    settings = dict(SMALL_CONFIG, train_files=records["files"],
+                    vocab_file=records["vocab"], model_dir=str(model_dir))
+    settings.update(changes)
+    return run_pretraining(PretrainConfig(**settings))
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """The default corpus and defaults, with fewer steps and shorter
     sequences."""
     model_dir = str(tmp_path_factory.mktemp("default") / "run")
-    result = pretrain.run_with_args(
-        [f"--model_dir={model_dir}", "--num_train_steps=4", "--log_steps=2",
-         "--max_seq_length=32", "--max_predictions_per_seq=5",
-         "--train_batch_size=8", "--warmup_steps=1", "--dupe_factor=1",
-         "--vocab_size=1000", "--save_checkpoints_steps=2"])
+    result = run_pretraining(PretrainConfig(
+        model_dir=model_dir, num_train_steps=4, log_steps=2,
+        max_seq_length=32, max_predictions_per_seq=5, train_batch_size=8,
+        warmup_steps=1, dupe_factor=1, vocab_size=1000,
+        save_checkpoints_steps=2))
     return model_dir, result
 
 
@@ -102,11 +115,10 @@ def test_default_data_is_reused(default_run, capsys):
     model_dir, _ = default_run
     before = os.path.getmtime(os.path.join(model_dir, "data",
                                            "phase1.tfrecord"))
-    result = pretrain.run_with_args(
-        [f"--model_dir={model_dir}", "--num_train_steps=5", "--log_steps=1",
-         "--max_seq_length=32", "--max_predictions_per_seq=5",
-         "--train_batch_size=8", "--warmup_steps=1", "--dupe_factor=1",
-         "--vocab_size=1000", "--export_dir=none"])
+    result = run_pretraining(PretrainConfig(
+        model_dir=model_dir, num_train_steps=5, log_steps=1,
+        max_seq_length=32, max_predictions_per_seq=5, train_batch_size=8,
+        warmup_steps=1, dupe_factor=1, vocab_size=1000, export_dir="none"))
     out = capsys.readouterr().out
     assert "Reusing the examples" in out and "Resumed from" in out
     assert result["start_step"] == 4
@@ -116,11 +128,9 @@ def test_default_data_is_reused(default_run, capsys):
 
 
 def test_mlm_loss_falls(records, tmp_path):
-    result = pretrain.run_with_args(
-        SMALL + _data_args(records) + [
-            f"--model_dir={tmp_path}/run", "--num_train_steps=48",
-            "--log_steps=8", "--train_batch_size=16", "--warmup_steps=4",
-            "--export_dir=none"])
+    result = _run(records, tmp_path / "run", num_train_steps=48,
+                  log_steps=8, train_batch_size=16, warmup_steps=4,
+                  export_dir="none")
     losses = [h["mlm_loss"] for h in result["history"]]
     assert len(losses) == 6
     assert losses[-1] < losses[0] - 0.3, losses
@@ -158,10 +168,10 @@ def test_resume_after_kill_equals_uninterrupted(records, tmp_path):
     saved = int(tf.train.latest_checkpoint(killed_dir).rsplit("-", 1)[1])
     # At most one checkpoint interval is lost.
     assert saved >= printed[-1] - 3
-    resumed = pretrain.run_with_args([f"--model_dir={killed_dir}"] + args)
+    resumed = _testing.run_flags([f"--model_dir={killed_dir}"] + args)
     assert resumed["start_step"] == saved
     whole_dir = str(tmp_path / "whole")
-    pretrain.run_with_args([f"--model_dir={whole_dir}"] + args)
+    _testing.run_flags([f"--model_dir={whole_dir}"] + args)
     a, b = _checkpoint_values(killed_dir), _checkpoint_values(whole_dir)
     assert a.keys() == b.keys()
     assert any("optimizer" in k for k in a)
@@ -171,14 +181,12 @@ def test_resume_after_kill_equals_uninterrupted(records, tmp_path):
 
 
 def test_two_phases_with_gradient_accumulation(records, tmp_path):
-    result = pretrain.run_with_args(
-        SMALL + _data_args(records) + [
-            f"--model_dir={tmp_path}/run", "--num_train_steps=4",
-            "--phase2_steps=2", "--phase2_max_seq_length=64",
-            "--phase2_max_predictions_per_seq=10",
-            f"--phase2_train_files={records['files2'][0]}",
-            "--gradient_accumulation_steps=2", "--log_steps=1",
-            "--export_dir=none", "--phase2_warmup_steps=1"])
+    result = _run(records, tmp_path / "run", num_train_steps=4,
+                  phase2_steps=2, phase2_max_seq_length=64,
+                  phase2_max_predictions_per_seq=10,
+                  phase2_train_files=records["files2"][:1],
+                  gradient_accumulation_steps=2, log_steps=1,
+                  export_dir="none", phase2_warmup_steps=1)
     trainer = result["trainer"]
     assert int(trainer.step.numpy()) == 4
     assert int(trainer.optimizer.iterations.numpy()) == 4  # updates
@@ -192,10 +200,8 @@ def test_two_phases_with_gradient_accumulation(records, tmp_path):
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision(records, tmp_path, precision):
     try:
-        result = pretrain.run_with_args(
-            SMALL + _data_args(records) + [
-                f"--model_dir={tmp_path}/run", "--num_train_steps=2",
-                "--log_steps=1", f"--mixed_precision={precision}"])
+        result = _run(records, tmp_path / "run", num_train_steps=2,
+                      log_steps=1, mixed_precision=precision)
     finally:
         import keras
         keras.mixed_precision.set_global_policy("float32")
@@ -204,11 +210,9 @@ def test_mixed_precision(records, tmp_path, precision):
 
 
 def test_jit_compile_with_static_loss_scale_and_ema(records, tmp_path):
-    result = pretrain.run_with_args(
-        SMALL + _data_args(records) + [
-            f"--model_dir={tmp_path}/run", "--num_train_steps=3",
-            "--log_steps=1", "--jit_compile", "--export_dir=none",
-            "--loss_scale_factor=128", "--use_ema", "--max_trust_ratio=10"])
+    result = _run(records, tmp_path / "run", num_train_steps=3, log_steps=1,
+                  jit_compile=True, export_dir="none", loss_scale_factor=128,
+                  use_ema=True, max_trust_ratio=10)
     assert all(np.isfinite(h["mlm_loss"]) for h in result["history"])
     optimizer = result["trainer"].optimizer
     assert optimizer.jit_compile and optimizer.loss_scale_factor == 128
@@ -229,30 +233,77 @@ def test_help_lists_every_flag_with_help():
                  "global_clipnorm", "mixed_precision", "jit_compile",
                  "model_dir", "save_checkpoints_steps", "export_dir", "seed"):
         assert re.search(rf"--(\[no\])?{name}: \S", text), name
-    for flag in pretrain.FLAGS.get_key_flags_for_module(pretrain):
+    for flag in _testing.parse_flags([]).get_key_flags_for_module(
+            train_flags):
         assert flag.help and flag.help.strip(), flag.name
 
 
 def test_bert_config_file_with_a_learnt_vocabulary(records, tmp_path):
     config = tmp_path / "bert_config.json"
     config.write_text(json.dumps({
-        "vocab_size": 700, "hidden_size": 64, "num_hidden_layers": 1,
+        "vocab_size": 8000, "hidden_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 4, "intermediate_size": 128,
         "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 64,
         "type_vocab_size": 2, "initializer_range": 0.02}))
     text = os.path.join(os.path.dirname(records["vocab"]), "corpus.txt")
     model_dir = tmp_path / "run"
-    result = pretrain.run_with_args(
-        SMALL + [f"--input_file={text}", f"--bert_config_file={config}",
-                 f"--model_dir={model_dir}", "--num_train_steps=2",
-                 "--log_steps=1", "--dupe_factor=1", "--export_dir=none"])
+    result = run_pretraining(PretrainConfig(
+        input_file=text, bert_config_file=str(config),
+        model_dir=str(model_dir), num_train_steps=2, log_steps=1,
+        dupe_factor=1, export_dir="none", **SMALL_CONFIG))
     vocab = (model_dir / "vocab.txt").read_text().splitlines()
-    # The learnt vocabulary is padded to the config's size.
-    assert len(vocab) == 700 and vocab[-1].startswith("[unused")
+    # The learnt vocabulary (about 3,200 tokens of this text) is padded to
+    # the config's size.
+    assert len(vocab) == 8000 and vocab[-1].startswith("[unused")
     assert result["bert_config"].hidden_size == 64
     saved = json.loads((model_dir / "bert_config.json").read_text())
     assert saved == json.loads(config.read_text())
     kernel = [v for v in result["trainer"].variables
               if v.path == "bert/encoder/layer_0/attention/self/query/kernel"]
     assert kernel and tuple(kernel[0].shape) == (64, 64)
+
+
+def test_every_setting_is_a_flag_with_the_same_default():
+    values = _testing.parse_flags([])
+    config = train_flags.config_from_flags(values)
+    assert config == ConfigClass()
+    for field in dataclasses.fields(ConfigClass):
+        assert field.name in values, field.name
+        default = values[field.name].default
+        if isinstance(default, list):
+            default = tuple(default)
+        if field.default is not None and default is not None:
+            assert default == field.default, field.name
+
+
+def test_flags_to_config():
+    config = train_flags.config_from_flags(_testing.parse_flags([
+        "--train_files=a.tfrecord,b.tfrecord", "--vocab_file=v.txt",
+        "--clipnorm=0.5", "--steps_per_loop=10", "--num_train_steps=20",
+        "--exclude_from_weight_decay=bias", "--mode=train_and_eval",
+        "--eval_files=e.tfrecord", "--init_checkpoint=/ckpt"]))
+    assert config.train_files == ("a.tfrecord", "b.tfrecord")
+    assert config.exclude_from_weight_decay == ("bias",)
+    # --global_clipnorm's default gives way to --clipnorm.
+    assert config.global_clipnorm is None and config.clipnorm == 0.5
+    assert config.lamb_arguments()["clipnorm"] == 0.5
+    # --warmup_steps not given: proportional for a run shorter than 50.
+    assert config.warmup_steps is None and config.effective_warmup_steps == 2
+    assert config.steps_per_loop == 10 and config.mode == "train_and_eval"
+    assert config.init_checkpoint == "/ckpt"
+    given = train_flags.config_from_flags(_testing.parse_flags(
+        ["--warmup_steps=5", "--num_train_steps=20"]))
+    assert given.effective_warmup_steps == 5
+
+
+def test_one_update_cli_run_without_a_warmup_flag(tmp_path):
+    """`--num_train_steps=1` alone used to stop at the default warmup."""
+    result = _testing.run(
+        ["-m", "train.pretrain", f"--model_dir={tmp_path / 'run'}",
+         "--num_train_steps=1", "--max_seq_length=32",
+         "--max_predictions_per_seq=5", "--dupe_factor=1",
+         "--vocab_size=500", "--export_dir=none"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^step\s+1/1", result.stdout, re.M)
+    assert (tmp_path / "run" / "flags.txt").exists()

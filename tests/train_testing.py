@@ -79,3 +79,22 @@ def run(args, timeout=120, **env):
     return subprocess.run([sys.executable] + list(args), cwd=REPO_ROOT,
                           env=python_env(**env), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_flags(argv):
+    """Parses `argv` (train.pretrain's flags, no program name) afresh and
+    runs them in this process as the command line would."""
+    from absl import flags
+    from train import pretrain
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["pretrain"] + list(argv))
+    return pretrain.run_from_flags(flags.FLAGS)
+
+
+def parse_flags(argv):
+    """train.pretrain's flags parsed afresh from `argv` (no program name)."""
+    from absl import flags
+    from train import pretrain  # noqa: F401  (defines the flags)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["pretrain"] + list(argv))
+    return flags.FLAGS

@@ -575,8 +575,6 @@ def check_flags(max_seq_length, max_predictions, masked_lm_prob,
 # The program
 # ---------------------------------------------------------------------------
 
-FLAGS = flags.FLAGS
-
 
 def _define_program_flags():
     flags.DEFINE_list(
@@ -600,6 +598,7 @@ def _define_program_flags():
 
 
 def main(argv):
+    FLAGS = flags.FLAGS  # noqa: N806  (read here only, in the binary's main)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:

@@ -50,26 +50,20 @@ from train.config import InputError, PretrainConfig  # noqa: F401
 from train.input_pipeline import DataError
 from train.pretraining import run_pretraining
 
-FLAGS = flags.FLAGS
 
-
-def run_with_args(argv):
-    """Parses `argv` (flags only, no program name) afresh and runs it as
-    the command line would; returns run_pretraining's metrics."""
-    FLAGS.unparse_flags()
-    FLAGS(["pretrain"] + list(argv))
-    return run_pretraining(train_flags.config_from_flags(FLAGS),
-                           record_files={"flags.txt":
-                                         FLAGS.flags_into_string()})
+def run_from_flags(flag_values):
+    """Runs the job parsed flags describe, as `main` does; returns
+    run_pretraining's metrics (InputError for bad flags or data)."""
+    return run_pretraining(
+        train_flags.config_from_flags(flag_values),
+        record_files={"flags.txt": flag_values.flags_into_string()})
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        config = train_flags.config_from_flags(FLAGS)
-        run_pretraining(config, record_files={
-            "flags.txt": FLAGS.flags_into_string()})
+        run_from_flags(flags.FLAGS)
     except (InputError, DataError) as error:
         # Bad settings or data: one line, no traceback, exit code 1.
         sys.exit(f"Error: {error}")
