@@ -18,13 +18,23 @@ def _check_framework_versions(tensorflow_version, keras_version):
     """
     for name, version, oldest in (("tensorflow", tensorflow_version, (2, 16)),
                                   ("keras", keras_version, (3, 10))):
-        if tuple(int(n) for n in re.findall(r"\d+", version)[:2]) < oldest:
+        if _major_minor(version) < oldest:
             raise ImportError(
                 f"tf_lamb needs {name}>={oldest[0]}.{oldest[1]}; found "
                 f"{name} {version}")
 
 
+def _major_minor(version):
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+
+
 _check_framework_versions(tf.__version__, keras.__version__)
+
+# The matvec form of the norms (sums_of_squares) pays off only where XLA:CPU
+# fuses the squares into the matvec. On BERT-base shapes (README,
+# Performance) TensorFlow 2.21's does; 2.16's does not, and plain reductions
+# are faster there. 2.17-2.20 are unmeasured and get the plain form.
+_MATVEC_NORMS_ON_CPU = _major_minor(tf.__version__) >= (2, 21)
 
 # Slots of low-precision variables are kept in float32 so that v (a running
 # mean of g**2) neither underflows nor loses the small (1 - beta_2) updates,
@@ -558,7 +568,8 @@ class Lamb(keras.optimizers.Optimizer):
         key = (anchor.device, indices)
         program = self._programs.get(key)
         if program is None:
-            use_matvec = self.jit_compile and _is_cpu(anchor.device)
+            use_matvec = (self.jit_compile and _is_cpu(anchor.device)
+                          and _MATVEC_NORMS_ON_CPU)
             program = tf.function(
                 lambda g, h: self._step(g, h, indices, use_matvec),
                 jit_compile=self.jit_compile, autograph=False,
