@@ -2,10 +2,8 @@
 MultiWorkerMirroredStrategy (2 processes on 127.0.0.1), each in its own
 processes since devices must be configured before TensorFlow starts."""
 
-import json
 import os
 import re
-import time
 
 import pytest
 import tensorflow as tf
@@ -70,31 +68,13 @@ def test_mirrored_two_replicas(records, tmp_path):
 
 
 def test_multi_worker_two_processes(records, tmp_path):
-    ports = _testing.free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "run"
     args = ["-m", "train.pretrain"] + SMALL + records + [
         "--strategy=multi_worker", f"--model_dir={model_dir}",
         "--num_train_steps=4", "--save_checkpoints_steps=2",
         "--train_batch_size=8"]
-    processes, logs = [], []
-    try:
-        for index in range(2):
-            config = {"cluster": cluster,
-                      "task": {"type": "worker", "index": index}}
-            logs.append(str(tmp_path / f"worker{index}.log"))
-            processes.append(_testing.start(
-                args, logs[-1], TF_CONFIG=json.dumps(config)))
-        deadline = time.time() + 300
-        while time.time() < deadline and any(
-                p.poll() is None for p in processes):
-            if any(p.poll() not in (None, 0) for p in processes):
-                break
-            time.sleep(0.5)
-        codes = [p.poll() for p in processes]
-    finally:
-        for process in processes:
-            _testing.kill(process)
+    logs = [str(tmp_path / f"worker{index}.log") for index in range(2)]
+    codes = _testing.run_workers([args, args], logs, timeout=300)
     texts = [open(log).read() for log in logs]
     assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
     chief, other = texts

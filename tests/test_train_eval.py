@@ -6,7 +6,6 @@ MultiWorkerMirroredStrategy (2 worker processes)."""
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -388,29 +387,12 @@ def test_multi_worker_equals_one_device(data, model, one_device, tmp_path):
     weights = tmp_path / "weights.npz"
     np.savez(weights, *model.get_weights())
     batch = 6  # 7 steps; the last holds 1 real example
-    ports = _testing.free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    processes, logs, outs = [], [], []
-    try:
-        for index in range(2):
-            logs.append(str(tmp_path / f"worker{index}.log"))
-            outs.append(str(tmp_path / f"metrics{index}.json"))
-            tf_config = {"cluster": cluster,
-                         "task": {"type": "worker", "index": index}}
-            processes.append(_testing.start(
-                [str(script), json.dumps(model.config.to_dict()),
-                 str(weights), outs[-1], str(batch), ",".join(data["files"])],
-                logs[-1], TF_CONFIG=json.dumps(tf_config)))
-        deadline = time.time() + 240
-        while time.time() < deadline and any(
-                p.poll() is None for p in processes):
-            if any(p.poll() not in (None, 0) for p in processes):
-                break
-            time.sleep(0.5)
-        codes = [p.poll() for p in processes]
-    finally:
-        for process in processes:
-            _testing.kill(process)
+    logs = [str(tmp_path / f"worker{index}.log") for index in range(2)]
+    outs = [str(tmp_path / f"metrics{index}.json") for index in range(2)]
+    codes = _testing.run_workers(
+        [[str(script), json.dumps(model.config.to_dict()), str(weights), out,
+          str(batch), ",".join(data["files"])] for out in outs], logs,
+        timeout=240)
     texts = [open(log).read() for log in logs]
     assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
     single = evaluation.Evaluator(model, one_device, data["files"], batch,

@@ -1,10 +1,12 @@
 """Helpers shared by the tests of the train package (tests/test_train*.py)."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 from train import corpus
 from train import create_pretraining_data as cpd
@@ -98,3 +100,30 @@ def parse_flags(argv):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["pretrain"] + list(argv))
     return flags.FLAGS
+
+
+def run_workers(commands, log_paths, timeout):
+    """Starts one `python command...` per worker of a cluster on 127.0.0.1,
+    each with its TF_CONFIG, and waits until all exit, one fails or
+    `timeout` seconds pass; kills what is left by pid. Returns the exit
+    codes (None for a worker that was still running)."""
+    ports = free_ports(len(commands))
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    try:
+        for index, (command, log_path) in enumerate(zip(commands,
+                                                        log_paths)):
+            tf_config = {"cluster": cluster,
+                         "task": {"type": "worker", "index": index}}
+            processes.append(start(command, log_path,
+                                   TF_CONFIG=json.dumps(tf_config)))
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(
+                p.poll() is None for p in processes):
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(0.5)
+        return [p.poll() for p in processes]
+    finally:
+        for process in processes:
+            kill(process)

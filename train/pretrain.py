@@ -13,6 +13,10 @@ corpus built on the fly from the docstrings of the Python standard library
                                 serving_default(input_ids, input_mask,
                                 segment_ids) -> sequence_output,
                                 pooled_output
+  eval_results.txt, eval/       with --mode=eval or train_and_eval: the
+                                newest evaluation (Google's key = value
+                                format) and every evaluation's TensorBoard
+                                scalars
 
 Every --log_steps updates it prints the step, MLM and NSP loss, MLM
 accuracy, learning rate, examples/s and ETA, and writes them as TensorBoard
@@ -21,15 +25,22 @@ scalars together with, per variable, `weight_norm/<path>` (||w||),
 replicas and micro-batches) and `trust_ratio/<path>`, LAMB's phi =
 ||w|| / ||r|| of the last update (`tf_lamb.Lamb.trust_ratios`).
 
-Training runs in a custom loop: `strategy.run` of a replica step inside a
-tf.function; with --jit_compile the forward and backward pass (and LAMB's
-update) are XLA programs.  A run resumes from the newest checkpoint in
---model_dir (weights, optimizer slots, step; the data order is replayed), so
-a killed run loses at most --save_checkpoints_steps updates.
+Training runs in a custom loop: --steps_per_loop updates per call of a
+tf.function that calls `strategy.run` on a replica step; with --jit_compile
+the forward and backward pass (and LAMB's update) are XLA programs.  A run
+resumes from the newest checkpoint in --model_dir (weights, optimizer slots,
+step; the data order is replayed), so a killed run loses at most
+--save_checkpoints_steps updates.  --init_checkpoint starts a new run from
+the weights of Google's released BERT checkpoints or of another run.
+
+This module is the command line only: train/flags.py turns the flags into a
+`train.PretrainConfig`, and `train.run_pretraining(config)` runs the job
+(the same call works from Python).
 
 Your own data replaces the default corpus with --input_file (text: one
 sentence per line, blank line between documents), --train_files (TFRecords
 from `python -m train.create_pretraining_data`) or --tfds_name.
+--mode=eval --eval_files=... evaluates instead of training.
 
 Examples:
   python -m train.pretrain
@@ -46,7 +57,7 @@ from absl import app
 from absl import flags
 
 from train import flags as train_flags
-from train.config import InputError, PretrainConfig  # noqa: F401
+from train.config import InputError
 from train.input_pipeline import DataError
 from train.pretraining import run_pretraining
 

@@ -257,7 +257,7 @@ def run_pretraining(config, strategy=None, record_files=None,
         else:
             status.expect_partial()
         print(f"Resumed from {latest}" + (
-            f" (--init_checkpoint is only for a run's start: not loaded)"
+            " (--init_checkpoint is only for a run's start: not loaded)"
             if config.init_checkpoint else ""), flush=True)
     elif config.init_checkpoint:
         variables, parameters = checkpoints.init_from_checkpoint(
