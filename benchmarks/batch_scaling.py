@@ -77,7 +77,7 @@ STUDY_KEYS = ("examples", "base_batch_size", "warmup_share", "layers",
               "hidden", "heads", "intermediate", "seq_length",
               "max_predictions", "vocab_size", "dropout", "max_documents",
               "eval_share", "dupe_factor", "eval_dupe_factor", "weight_decay",
-              "global_clipnorm", "seed", "mixed_precision")
+              "global_clipnorm", "seed", "mixed_precision", "input_file")
 RESULTS_FILE = "results.jsonl"
 STUDY_FILE = "study.json"
 TABLE_FILE = "table.md"
@@ -173,9 +173,13 @@ def parse_args(argv):
     add("--max_predictions", type=int, default=10)
     add("--vocab_size", type=int, default=2000,
         help="vocabulary to learn from the training documents")
+    add("--input_file", type=_names, default=None,
+        help="comma-separated text files or patterns (one sentence per "
+        "line, a blank line between documents, as "
+        "train.create_pretraining_data reads); default: Python's "
+        "docstrings (about 150 k words, too few for a big model)")
     add("--max_documents", type=int, default=0,
-        help="documents of the default corpus (Python's docstrings) to use; "
-        "0: all")
+        help="documents to use (the first ones); 0: all")
     add("--eval_share", type=float, default=0.1,
         help="share of the documents held out for evaluation")
     add("--dupe_factor", type=int, default=5,
@@ -534,7 +538,14 @@ def make_data(args, data_dir):
     if os.path.isdir(data_dir):
         shutil.rmtree(data_dir)  # a half-made one
     os.makedirs(data_dir)
-    documents = corpus.stdlib_documents(args.max_documents or None)
+    if args.input_file:
+        try:
+            documents = cpd.read_documents(list(args.input_file))
+        except ValueError as error:
+            raise StudyError(f"--input_file: {error}") from None
+        documents = documents[:args.max_documents or None]
+    else:
+        documents = corpus.stdlib_documents(args.max_documents or None)
     every = max(2, int(round(1 / args.eval_share)))
     held_out = documents[::every]
     training = [d for i, d in enumerate(documents) if i % every]
@@ -708,10 +719,11 @@ def run_study(args):
     if todo:
         from train.pretraining import make_strategy
         from train import PretrainConfig
-        paths = make_data(args, os.path.join(args.output_dir, "data"))
-        # One strategy for every run (a TPU is initialised once).
+        # One strategy for every run (a TPU is initialised once); bad
+        # strategy flags fail here, before the data is made.
         strategy = make_strategy(PretrainConfig(
             strategy=args.strategy, tpu=args.tpu, num_gpus=args.num_gpus))
+        paths = make_data(args, os.path.join(args.output_dir, "data"))
         largest = max(args.batch_sizes)
         study_started = time.time()
         for i, run in enumerate(todo):
@@ -733,9 +745,10 @@ def run_study(args):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.time()
+    from train import InputError
     try:
         records = run_study(args)
-    except StudyError as error:
+    except (StudyError, InputError) as error:
         sys.exit(f"error: {error}")
     report(args.output_dir, records, draw=not args.no_plot)
     load = _common.load_average()

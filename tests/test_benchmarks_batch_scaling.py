@@ -141,6 +141,45 @@ def test_plot_draws_best_losses_and_largest_batch_curve(tmp_path):
     assert list(curves["tf_lamb.Lamb"].get_ydata()) == [6.2, 5.5]
 
 
+def test_held_out_documents_from_an_input_file(tmp_path):
+    """--input_file: every tenth document is held out, and its examples are
+    made from it alone, with the vocabulary learnt from training text."""
+    from train import corpus
+    from train import create_pretraining_data as cpd
+    documents = corpus.stdlib_documents(60)
+    text = tmp_path / "corpus.txt"
+    corpus.write_text_corpus(documents, str(text))
+    args = _args("--quick", f"--input_file={text}", "--max_documents=50")
+    paths = bs.make_data(args, str(tmp_path / "data"))
+    info = json.loads((tmp_path / "data" / "data.json").read_text())
+    assert (info["train_documents"], info["eval_documents"]) == (45, 5)
+    # The held-out examples are those of documents 0, 10, ..., 40 alone.
+    held_out = [documents[i] for i in range(0, 50, 10)]
+    expected = tmp_path / "expected.tfrecord"
+    cpd.create_pretraining_data(
+        held_out, [str(expected)], vocab_file=paths["vocab"],
+        max_seq_length=args.seq_length, max_predictions=args.max_predictions,
+        dupe_factor=args.eval_dupe_factor, seed=args.seed + 1)
+    assert open(paths["eval"], "rb").read() == expected.read_bytes()
+    assert _count_records(paths["eval"]) == info["eval_examples"] > 0
+    assert _count_records(paths["train"]) == info["train_examples"] > 0
+    vocab = cpd.read_vocab(paths["vocab"])
+    config = json.loads(open(paths["bert_config"]).read())
+    assert config["vocab_size"] == len(vocab) == info["vocab_size"]
+    assert (config["hidden_size"], config["max_position_embeddings"]) == (
+        args.hidden, args.seq_length)
+    # Made once: a second call reuses the files.
+    before = os.path.getmtime(paths["train"])
+    assert bs.make_data(args, str(tmp_path / "data")) == paths
+    assert os.path.getmtime(paths["train"]) == before
+
+
+def test_missing_input_file_is_named(tmp_path):
+    args = _args("--quick", f"--input_file={tmp_path}/none.txt")
+    with pytest.raises(bs.StudyError, match="none.txt"):
+        bs.make_data(args, str(tmp_path / "data"))
+
+
 def _count_records(path):
     import tensorflow as tf
     return sum(1 for _ in tf.data.TFRecordDataset(path))
