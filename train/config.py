@@ -132,7 +132,7 @@ class PretrainConfig:
     # -- performance
     mixed_precision: str = "float32"
     jit_compile: bool = False
-    steps_per_loop: int = 1
+    steps_per_loop: int = 100
     # -- evaluation
     mode: str = "train"
     eval_files: Tuple[str, ...] = ()
