@@ -198,3 +198,26 @@ def test_make_strategy_one_device_runs_on_cpu():
     strategy = make_strategy("one_device")
     assert strategy.num_replicas_in_sync == 1
     assert "CPU" in strategy.extended.worker_devices[0]
+
+
+def test_strategies_made_in_one_process_keep_their_collectives_apart():
+    """Each MirroredStrategy numbers its all-reduces from the same keys, and
+    TensorFlow caches a collective's shape by key for the whole process: a
+    second plain MirroredStrategy whose first all-reduce has another shape
+    fails (TensorFlow issue 62790). make_strategy's strategies do not."""
+
+    def first_all_reduce(strategy, size):
+        @tf.function
+        def step():
+            def replica():
+                return tf.distribute.get_replica_context().all_reduce(
+                    "sum", tf.ones([size]))
+            return strategy.run(replica)
+        return [v.numpy() for v in strategy.experimental_local_results(
+            step())]
+
+    first, second = make_strategy("mirrored"), make_strategy("mirrored")
+    assert first.num_replicas_in_sync == second.num_replicas_in_sync == 2
+    for size, strategy in ((5, first), (3, second), (7, first)):
+        for copy in first_all_reduce(strategy, size):
+            np.testing.assert_array_equal(copy, np.full([size], 2.0))

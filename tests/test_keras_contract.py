@@ -267,3 +267,21 @@ def test_framework_versions_outside_the_tested_range_fail_on_import(
         return
     with pytest.raises(ImportError, match=problem):
         check(tensorflow_version, keras_version)
+
+
+def test_mirrored_strategy_collective_key_base():
+    """tf_lamb.distribute gives each MirroredStrategy it makes collective
+    keys of its own through this class attribute, read when a strategy is
+    built."""
+    strategy_class = tf.distribute.MirroredStrategy
+    assert isinstance(getattr(strategy_class, "_collective_key_base", None),
+                      int), (
+        "tf.distribute.MirroredStrategy._collective_key_base is gone: "
+        "tf_lamb.distribute.make_strategy can no longer keep two strategies' "
+        "collectives apart")
+    from tf_lamb import distribute
+    strategy = distribute.make_strategy("mirrored")
+    assert strategy.extended._collective_key_base >= (
+        distribute._KEYS_PER_STRATEGY), (
+        "MirroredStrategy no longer reads _collective_key_base when built")
+    assert strategy_class._collective_key_base == 0

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import train_testing as _testing
+from tf_lamb.distribute import make_strategy
 from train import evaluation
 from train import modeling
 
@@ -95,7 +96,7 @@ def one_device():
 
 @pytest.fixture(scope="module")
 def mirrored():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     return strategy
 

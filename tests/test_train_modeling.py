@@ -14,6 +14,7 @@ import tensorflow as tf
 import google_checkpoint
 import numpy_bert
 from tf_lamb import Lamb
+from tf_lamb.distribute import make_strategy
 from train import checkpoints, modeling
 
 VOCAB, HIDDEN, LAYERS, HEADS, INTERMEDIATE = 50, 32, 2, 4, 37
@@ -336,7 +337,7 @@ def test_own_checkpoint_of_other_shape_is_one_error(tmp_path):
 # -- distributed ------------------------------------------------------------
 
 def test_mirrored_replicas_all_get_the_values(weights, features, tmp_path):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     prefix = google_checkpoint.write_google_checkpoint(str(tmp_path / "bert_model.ckpt"),
                                       _google_checkpoint_values(weights))

@@ -1,11 +1,33 @@
 """Build a `tf.distribute.Strategy` from a name, for command-line programs."""
 
+import itertools
 import os
 import socket
 
 import tensorflow as tf
 
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+
+# Every MirroredStrategy numbers its collectives from the same group and
+# instance keys, and TensorFlow caches a collective's shape by those keys for
+# the life of the process: a second strategy whose all-reduce number k has
+# another shape than the first strategy's fails ("Shape mismatch in the
+# collective instance 100", TensorFlow issue 62790). That happens to any
+# program that trains twice in one process (a sweep, a notebook, a test
+# suite), so each strategy made here gets group keys of its own.
+_KEYS_PER_STRATEGY = 100_000
+_strategy_numbers = itertools.count(1)
+
+
+def _mirrored_strategy(devices):
+    strategy_class = tf.distribute.MirroredStrategy
+    shared_base = strategy_class._collective_key_base
+    strategy_class._collective_key_base = (
+        _KEYS_PER_STRATEGY * next(_strategy_numbers))
+    try:
+        return strategy_class(devices)
+    finally:
+        strategy_class._collective_key_base = shared_base
 
 
 def make_strategy(name, tpu=None, num_gpus=None):
@@ -47,7 +69,7 @@ def make_strategy(name, tpu=None, num_gpus=None):
         devices = [d.name for d in gpus[:num_gpus]] if gpus else []
         if not devices:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        return _mirrored_strategy(devices)
 
 
 def check_tpu_address(address, timeout=10.0):
