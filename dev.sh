@@ -17,12 +17,13 @@ setup() {
   fi
   local stamp="$VENV/.tf_lamb-installed"
   local want
-  want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+  local extras=tensorflow,train,test,hlo,study
+  want=$( (cat setup.cfg pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # pip's download cache (~/.cache/pip) makes reinstalls fast; nothing
     # depends on it being there.
     "$VENV/bin/python" -m pip install --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -e '.[tensorflow,train,test,hlo]'
+    "$VENV/bin/python" -m pip install -e ".[$extras]"
     echo "$want" > "$stamp"
   fi
 }
