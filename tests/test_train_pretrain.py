@@ -307,3 +307,13 @@ def test_one_update_cli_run_without_a_warmup_flag(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^step\s+1/1", result.stdout, re.M)
     assert (tmp_path / "run" / "flags.txt").exists()
+
+
+def test_short_help_lists_the_flags_too():
+    """The flags live in train/flags.py; `--help` (the main module's flags)
+    must still list them."""
+    result = _testing.run(["-m", "train.pretrain", "--help"], timeout=60)
+    for name in ("train_files", "steps_per_loop", "mode", "init_checkpoint",
+                 "max_seq_length", "learning_rate"):
+        assert re.search(rf"^  --(\[no\])?{name}: \S", result.stdout,
+                         re.M), name

@@ -56,6 +56,7 @@ import sys
 from absl import app
 from absl import flags
 
+from train import create_pretraining_data as cpd
 from train import flags as train_flags
 from train.config import InputError
 from train.input_pipeline import DataError
@@ -81,6 +82,9 @@ def main(argv):
 
 
 train_flags.define_flags()
+# `--help` lists the key flags of the main module: these are its flags.
+flags.adopt_module_key_flags(train_flags)
+flags.adopt_module_key_flags(cpd)
 
 if __name__ == "__main__":
     app.run(main)
