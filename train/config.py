@@ -240,9 +240,6 @@ class PretrainConfig:
                 else list(self.exclude_from_layer_adaptation)),
             **clip)
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
 
 def _one_of(name, value, choices):
     if value not in choices:

@@ -18,6 +18,8 @@ when one of those is due sooner, so the intervals are the same for any
 `steps_per_loop`.
 """
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -45,12 +47,21 @@ def check_batch_sizes(config, phases, replicas):
                 f"{k}")
 
 
+def _intervals(config):
+    """The update intervals of logs, checkpoints and (train_and_eval)
+    evaluations."""
+    result = [config.log_steps, config.save_checkpoints_steps]
+    if config.mode == "train_and_eval" and config.eval_every_steps:
+        result.append(config.eval_every_steps)
+    return result
+
+
 def _next_stop(step, end, config):
     """The update after which the loop next hands control back: the end of
-    the phase, or the next update a log or checkpoint is due at, at most
-    steps_per_loop updates away."""
+    the phase, or the next update a log, checkpoint or evaluation is due at,
+    at most steps_per_loop updates away."""
     stop = min(end, step + config.steps_per_loop)
-    for every in (config.log_steps, config.save_checkpoints_steps):
+    for every in _intervals(config):
         stop = min(stop, (step // every + 1) * every)
     return stop
 
@@ -64,17 +75,15 @@ def make_strategy(config):
         raise InputError(str(error)) from None
 
 
-def _next_eval(step, config):
-    if config.mode == "train_and_eval" and config.eval_every_steps:
-        return (step // config.eval_every_steps + 1) * config.eval_every_steps
-    return None
-
-
+@dataclasses.dataclass
 class _Checked:
     """What the checks found: everything a run needs before it writes."""
 
-    def __init__(self, **values):
-        self.__dict__.update(values)
+    phases: list
+    bert_config: object  # modeling.BertConfig, or None until a vocabulary
+    source: object  # data.TextSource, or None with --train_files
+    eval_files: tuple
+    latest: object  # the newest checkpoint in --model_dir, or None
 
 
 def _check_init_checkpoint(config, bert_config, resuming):
@@ -150,22 +159,18 @@ def _check(config, strategy):
                     eval_files=eval_files, latest=latest)
 
 
+@contextlib.contextmanager
 def _reading(files, seq_length, predictions):
-    """A context manager that turns an error from reading `files` into one
-    DataError naming the bad file."""
-    import contextlib
+    """Turns an error from reading `files` into one DataError naming the
+    bad file."""
     import tensorflow as tf
     from train import input_pipeline
-
-    @contextlib.contextmanager
-    def reading():
-        try:
-            yield
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
-                UnicodeDecodeError) as error:
-            raise input_pipeline.data_error(
-                error, files, seq_length, predictions) from None
-    return reading()
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+            UnicodeDecodeError) as error:
+        raise input_pipeline.data_error(
+            error, files, seq_length, predictions) from None
 
 
 def run_pretraining(config, strategy=None, record_files=None,
@@ -249,7 +254,7 @@ def run_pretraining(config, strategy=None, record_files=None,
     save_dir = model_dir if chief else os.path.join(work_dir, "checkpoints")
     manager = tf.train.CheckpointManager(
         trainer.checkpoint, save_dir, max_to_keep=config.keep_checkpoint_max)
-    latest = tf.train.latest_checkpoint(model_dir)
+    latest = checked.latest
     if latest:
         status = trainer.checkpoint.restore(latest)
         if config.trains:
@@ -282,14 +287,20 @@ def run_pretraining(config, strategy=None, record_files=None,
             evaluation.write_eval_results(model_dir, metrics)
         return metrics
 
+    def result(step, history, examples_per_second, eval_metrics,
+               export_dir):
+        last = history[-1] if history else {}
+        return dict(
+            {key: last.get(key) for key in (
+                "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy",
+                "learning_rate")},
+            step=step, examples_per_second=examples_per_second,
+            history=history, eval=eval_metrics, start_step=start_step,
+            export_dir=export_dir, vocab_file=vocab_file,
+            bert_config=bert_config, trainer=trainer)
+
     if config.mode == "eval":
-        metrics = evaluate(start_step)
-        return {"step": start_step, "mlm_loss": None, "mlm_accuracy": None,
-                "nsp_loss": None, "nsp_accuracy": None,
-                "learning_rate": None, "examples_per_second": None,
-                "history": [], "eval": metrics, "start_step": start_step,
-                "export_dir": None, "vocab_file": vocab_file,
-                "bert_config": bert_config, "trainer": trainer}
+        return result(start_step, [], None, evaluate(start_step), None)
 
     total = config.num_train_steps
     writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
@@ -325,7 +336,6 @@ def run_pretraining(config, strategy=None, record_files=None,
         interval_start, interval_step = time.time(), step
         while step < end:
             stop = _next_stop(step, end, config)
-            stop = min(stop, _next_eval(step, config) or stop)
             with _reading(phase.files, phase.seq_length, phase.predictions):
                 trainer.train_loop(iterator, stop - step)
             examples_seen += (stop - step) * phase.batch_size
@@ -389,20 +399,5 @@ def run_pretraining(config, strategy=None, record_files=None,
               f"{last['mlm_loss']:.3f} (step {last['step']}); MLM accuracy "
               f"{first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}",
               flush=True)
-    last = history[-1] if history else {}
-    return {
-        "step": step,
-        "mlm_loss": last.get("mlm_loss"),
-        "mlm_accuracy": last.get("mlm_accuracy"),
-        "nsp_loss": last.get("nsp_loss"),
-        "nsp_accuracy": last.get("nsp_accuracy"),
-        "learning_rate": last.get("learning_rate"),
-        "examples_per_second": examples_seen / max(train_seconds, 1e-9),
-        "history": history,
-        "eval": eval_metrics,
-        "start_step": start_step,
-        "export_dir": export_path,
-        "vocab_file": vocab_file,
-        "bert_config": bert_config,
-        "trainer": trainer,
-    }
+    return result(step, history, examples_seen / max(train_seconds, 1e-9),
+                  eval_metrics, export_path)
