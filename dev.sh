@@ -4,7 +4,9 @@
 #   ./dev.sh test [args]    the whole test suite (pytest)
 #   ./dev.sh setup          only create/refresh the virtual environment
 # The first call creates .venv with Python 3.11 and installs the project into
-# it; later calls reuse it and reinstall only when setup.cfg changed.
+# it; later calls reuse it and reinstall only when setup.cfg changed. The
+# install maps only tf_lamb; train/ and benchmarks/ are found because every
+# command here runs from the checkout's root (docs/install.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 
