@@ -141,6 +141,8 @@ def main(argv=None):
         "variables": len(shapes),
         "floor_bytes_per_param": optimizer_step.floor_bytes_per_param(
             args.dtype),
+        "exact_floor_bytes_per_param":
+            optimizer_step.exact_floor_bytes_per_param(args.dtype),
         "tensorflow": tf.__version__,
         "tf_lamb_source": _common.tf_lamb_source(),
         "baseline": "keras_lamb_xla",
