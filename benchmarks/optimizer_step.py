@@ -383,22 +383,8 @@ def _best(results, names):
     return min(present, key=lambda n: results[n]["median_s"])
 
 
-def benchmark(args):
-    """Runs every candidate; the result dict (also printed)."""
-    config = MODELS[args.model]
-    shapes = bert_shapes(**config)
-    params = parameter_count(shapes)
-    load_before = _common.load_average()
-
-    bandwidth = _run(args, "bandwidth", shapes)
-    bytes_per_param = floor_bytes_per_param(args.dtype,
-                                            args.gradient_accumulation_steps)
-    floor_s = bytes_per_param * params / bandwidth["best_bytes_per_s"]
-    exact_bytes_per_param = exact_floor_bytes_per_param(
-        args.dtype, args.gradient_accumulation_steps)
-    exact_floor_s = (exact_bytes_per_param * params
-                     / bandwidth["best_bytes_per_s"])
-
+def _run_rounds(args, shapes):
+    """Every candidate, --rounds times in turn; their results, pooled."""
     candidates = {}
     for round_ in range(args.rounds):
         for name in args.candidate_list:
@@ -420,7 +406,26 @@ def benchmark(args):
                 if run[key] is not None and (pooled[key] is None
                                              or run[key] > pooled[key]):
                     pooled[key] = run[key]
+    return candidates
 
+
+def benchmark(args):
+    """Runs every candidate; the result dict (also printed)."""
+    config = MODELS[args.model]
+    shapes = bert_shapes(**config)
+    params = parameter_count(shapes)
+    load_before = _common.load_average()
+
+    bandwidth = _run(args, "bandwidth", shapes)
+    bytes_per_param = floor_bytes_per_param(args.dtype,
+                                            args.gradient_accumulation_steps)
+    floor_s = bytes_per_param * params / bandwidth["best_bytes_per_s"]
+    exact_bytes_per_param = exact_floor_bytes_per_param(
+        args.dtype, args.gradient_accumulation_steps)
+    exact_floor_s = (exact_bytes_per_param * params
+                     / bandwidth["best_bytes_per_s"])
+
+    candidates = _run_rounds(args, shapes)
     # The headline figures compare the default configurations (XLA); the
     # optional candidates stand in only when those were not run.
     tf_lamb_name = _best(candidates, TF_LAMB) or _best(
