@@ -269,7 +269,8 @@ class Lamb(keras.optimizers.Optimizer):
         # IndexedSlices (embedding lookups) become dense: every element of m
         # and v decays at every step, so a sparse update would be wrong.
         grads = [tf.convert_to_tensor(g) for g in grads]
-        indices = tuple(self._get_variable_index(v) for v in trainable_variables)
+        indices = tuple(self._get_variable_index(v)
+                        for v in trainable_variables)
         compiled.apply_on_every_device(
             self._distribution_strategy, grads, self._hyperparameters(),
             anchor=self._momentums[indices[0]],
