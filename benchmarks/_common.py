@@ -5,6 +5,7 @@ dispatches candidates to subprocesses stays small and starts fast.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -97,22 +98,27 @@ def machine_info():
 
 
 def tf_lamb_source():
-    """Which tf_lamb was measured: the git commit and a hash of lamb.py
-    (the optimizer may be edited in the working tree between runs)."""
-    import hashlib
+    """Which tf_lamb was measured: the git commit and a hash of the
+    package's modules (the optimizer may be edited in the working tree
+    between runs)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.join(root, "tf_lamb")
     info = {}
     try:
-        with open(os.path.join(root, "tf_lamb", "lamb.py"), "rb") as f:
-            info["lamb_py_sha256"] = hashlib.sha256(f.read()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        for name in sorted(os.listdir(package)):
+            if name.endswith(".py"):
+                with open(os.path.join(package, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+        info["tf_lamb_sha256"] = digest.hexdigest()[:16]
     except OSError:
         pass
     try:
         info["git_head"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root,
             capture_output=True, text=True, timeout=10).stdout.strip()
-        info["lamb_py_modified"] = bool(subprocess.run(
-            ["git", "status", "--porcelain", "--", "tf_lamb/lamb.py"],
+        info["tf_lamb_modified"] = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", "tf_lamb"],
             cwd=root, capture_output=True, text=True,
             timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
@@ -220,14 +226,33 @@ def fmt_ratio(value):
 
 
 def floor_line(result):
-    """The measured copy bandwidths and the memory-traffic floor of a
-    step benchmark's result."""
+    """The measured copy bandwidths and the memory-traffic floors of a step
+    benchmark's result: the exact-LAMB floor and the copy floor."""
     bandwidths = ", ".join(f"{k} {v / 1e9:.1f}"
                            for k, v in result["bandwidth_bytes_per_s"].items())
-    return (f"copy bandwidth GB/s (read+written): {bandwidths}; floor = "
-            f"{result['floor_bytes_per_param']} B/param / "
-            f"{result['bandwidth_gb_per_s']:.1f} GB/s = "
+    bandwidth = f"{result['bandwidth_gb_per_s']:.1f} GB/s"
+    return (f"copy bandwidth GB/s (read+written): {bandwidths}; floors at "
+            f"{bandwidth}: exact LAMB "
+            f"{result['exact_floor_bytes_per_param']} B/param = "
+            f"{fmt_seconds(result['exact_floor_s'])}, copy "
+            f"{result['floor_bytes_per_param']} B/param = "
             f"{fmt_seconds(result['floor_s'])}")
+
+
+def floor_rows(result, base_time, trailing):
+    """The table rows of the two floors: name, time, min, speed-up, ratio to
+    each floor, then `trailing` empty cells."""
+    rows = []
+    for label, key in (("exact LAMB", "exact_floor"), ("copy", "floor")):
+        seconds = result[f"{key}_s"]
+        rows.append(
+            [f"memory-traffic floor, {label} "
+             f"({result[f'{key}_bytes_per_param']} B/param)",
+             fmt_seconds(seconds), "-",
+             fmt_ratio(base_time / seconds) if base_time else "-",
+             fmt_ratio(seconds / result["exact_floor_s"]),
+             fmt_ratio(seconds / result["floor_s"])] + ["-"] * trailing)
+    return rows
 
 
 def print_load(machine):

@@ -16,7 +16,8 @@ and gradients as `optimizer_step`):
 
 `--device_kind` says where the programs will run: tf_lamb picks the form of
 its norms by device (a matvec on CPU, plain reductions elsewhere; see
-`tf_lamb.lamb.sums_of_squares`), and the export runs on this machine's CPU.
+`tf_lamb.compiled.sums_of_squares`), and the export runs on this
+machine's CPU.
 
 With `--values` (small models only) the program's inputs and TensorFlow's
 own results after one step are written too, so that `run_hlo` can check
@@ -99,12 +100,12 @@ def export(name, variables, grads, out_dir, device_kind, with_values):
     """Writes `name`'s program (and, with_values, its check values);
     returns the manifest entry."""
     import numpy as np
-    from tf_lamb import lamb
+    from tf_lamb import compiled
 
     # Lamb decides its norm form when it traces its program, from the
     # device of the variables; here they live on the CPU whatever the target.
     on_cpu = device_kind == "cpu"
-    with mock.patch.object(lamb, "_is_cpu", lambda device: on_cpu):
+    with mock.patch.object(compiled, "is_cpu", lambda device: on_cpu):
         step = _compiled_step(name, variables, grads)
         concrete = step.get_concrete_function()
         proto = without_copies(
@@ -169,6 +170,8 @@ def main(argv=None):
         "variables": len(shapes),
         "floor_bytes_per_param": optimizer_step.floor_bytes_per_param(
             args.dtype),
+        "exact_floor_bytes_per_param":
+            optimizer_step.exact_floor_bytes_per_param(args.dtype),
         "tensorflow": tf.__version__,
         "tf_lamb_source": _common.tf_lamb_source(),
         "baseline": "keras_lamb_xla",

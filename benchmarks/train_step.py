@@ -1,11 +1,12 @@
-r"""A whole BERT-like train step with tf_lamb.Lamb vs keras.optimizers.Lamb.
+r"""A whole BERT train step with tf_lamb.Lamb vs keras.optimizers.Lamb.
 
-Tells whether the optimizer still matters in real training: a small,
-self-contained BERT-like masked-LM model (token + position embeddings,
-`--layers` transformer encoder blocks of keras.layers.MultiHeadAttention,
-Dense and LayerNormalization, an MLM head tied to the token embedding over
-15 % of the positions) is trained on random tokens with one
-`tf.function(jit_compile=True)` step (forward + backward + apply), timed for
+Tells whether the optimizer still matters in real training: the project's
+BERT (`train.modeling.BertPretrainer`: Google's architecture, tanh gelu,
+dropout 0.1 with a fixed seed) of the size the flags give is trained on
+random tokens (15 % of the positions masked, random next-sentence labels)
+with the pretraining loss (masked LM + next sentence, as `train.trainer`
+takes it) in one `tf.function(jit_compile=True)` step (forward + backward +
+apply), timed for
 
   fwd_bwd     forward + backward only: the loss and the gradients, whose
               squared global norm is returned so that XLA cannot drop them
@@ -25,108 +26,71 @@ import argparse
 import math
 import sys
 
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tf_lamb
 from benchmarks import _common
+from train import modeling
 
 CANDIDATES = ("fwd_bwd", "tf_lamb", "keras_lamb")
 
 
-def build_model(args):
-    import keras
-    import tensorflow as tf
+def bert_config(args):
+    """The model the flags describe, as a `train.modeling.BertConfig`."""
+    return modeling.BertConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        intermediate_size=args.intermediate,
+        max_position_embeddings=max(512, args.seq_len)).validated()
 
-    init = keras.initializers.TruncatedNormal(stddev=0.02)
 
-    class PositionEmbedding(keras.layers.Layer):
-        def build(self, input_shape):
-            self.table = self.add_weight(
-                shape=(input_shape[-2], input_shape[-1]), initializer=init,
-                name="table")
-
-        def call(self, x):
-            return x + tf.cast(self.table, x.dtype)
-
-    class EncoderBlock(keras.layers.Layer):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.attention = keras.layers.MultiHeadAttention(
-                args.heads, args.hidden // args.heads,
-                kernel_initializer=init, name="attention")
-            self.attention_norm = keras.layers.LayerNormalization(
-                epsilon=1e-12, name="attention_norm")
-            self.intermediate = keras.layers.Dense(
-                args.intermediate, activation="gelu",
-                kernel_initializer=init, name="intermediate")
-            self.output_dense = keras.layers.Dense(
-                args.hidden, kernel_initializer=init, name="output")
-            self.output_norm = keras.layers.LayerNormalization(
-                epsilon=1e-12, name="output_norm")
-
-        def call(self, x):
-            x = self.attention_norm(x + self.attention(x, x))
-            return self.output_norm(
-                x + self.output_dense(self.intermediate(x)))
-
-    class BertLike(keras.Model):
-        def __init__(self):
-            super().__init__(name="bert_like")
-            self.embedding = keras.layers.Embedding(
-                args.vocab, args.hidden, embeddings_initializer=init,
-                name="word_embeddings")
-            self.positions = PositionEmbedding(name="position_embeddings")
-            self.embedding_norm = keras.layers.LayerNormalization(
-                epsilon=1e-12, name="embedding_norm")
-            self.blocks = [EncoderBlock(name=f"layer_{i}")
-                           for i in range(args.layers)]
-            self.transform = keras.layers.Dense(
-                args.hidden, activation="gelu", kernel_initializer=init,
-                name="mlm_transform")
-            self.transform_norm = keras.layers.LayerNormalization(
-                epsilon=1e-12, name="mlm_norm")
-
-        def build(self, input_shape):
-            self.output_bias = self.add_weight(
-                shape=(args.vocab,), initializer="zeros", name="mlm_bias")
-
-        def call(self, inputs):
-            tokens, masked_positions = inputs
-            x = self.embedding_norm(self.positions(self.embedding(tokens)))
-            for block in self.blocks:
-                x = block(x)
-            x = tf.gather(x, masked_positions, batch_dims=1)
-            x = self.transform_norm(self.transform(x))
-            return (tf.matmul(x, self.embedding.embeddings, transpose_b=True)
-                    + self.output_bias)
-
-    return BertLike()
+def predictions_per_sequence(seq_len):
+    return max(1, int(math.ceil(0.15 * seq_len)))
 
 
 def make_data(args):
-    import numpy as np
-    import tensorflow as tf
-
+    """One batch of random pretraining features (the input pipeline's
+    names and dtypes)."""
     rng = np.random.default_rng(args.seed)
-    predictions = max(1, int(math.ceil(0.15 * args.seq_len)))
-    tokens = rng.integers(0, args.vocab, (args.batch, args.seq_len),
-                          dtype=np.int32)
+    predictions = predictions_per_sequence(args.seq_len)
+    shape = (args.batch, args.seq_len)
     positions = np.stack([np.sort(rng.choice(args.seq_len, predictions,
                                              replace=False))
-                          for _ in range(args.batch)]).astype(np.int32)
-    labels = rng.integers(0, args.vocab, (args.batch, predictions),
-                          dtype=np.int32)
-    return (tf.constant(tokens), tf.constant(positions), tf.constant(labels))
+                          for _ in range(args.batch)])
+    features = {
+        "input_ids": rng.integers(0, args.vocab, shape),
+        "input_mask": np.ones(shape),
+        "segment_ids": np.repeat(
+            (np.arange(args.seq_len) >= args.seq_len // 2)[None].astype(int),
+            args.batch, axis=0),
+        "masked_lm_positions": positions,
+        "masked_lm_ids": rng.integers(0, args.vocab,
+                                      (args.batch, predictions)),
+        "masked_lm_weights": np.ones((args.batch, predictions)),
+        "next_sentence_labels": rng.integers(0, 2, (args.batch, 1)),
+    }
+    return {name: tf.constant(value, tf.float32 if name == "masked_lm_weights"
+                              else tf.int32)
+            for name, value in features.items()}
+
+
+def pretraining_loss(features, mlm_logits, nsp_logits):
+    """Mean masked-LM loss plus mean next-sentence loss."""
+    stats = modeling.pretraining_losses(features, mlm_logits, nsp_logits)
+    return (stats["mlm_loss_sum"] / (stats["mlm_weight"] + 1e-5)
+            + stats["nsp_loss_sum"] / stats["nsp_count"])
 
 
 def setup_candidate(args, name):
     """A callable that runs (and waits for) one train step of `name`, the
     parameter count, and the list the losses are appended to."""
-    import keras
-    import tensorflow as tf
-    import tf_lamb
-
     keras.utils.set_random_seed(args.seed)
-    model = build_model(args)
-    tokens, positions, labels = make_data(args)
-    model((tokens, positions))  # creates the variables
+    model = modeling.BertPretrainer(bert_config(args))
+    model.build_for(args.seq_len, predictions_per_sequence(args.seq_len))
+    features = make_data(args)
+    dropout_seed = tf.constant([args.seed, 0], tf.int64)
     variables = model.trainable_variables
     params = sum(int(math.prod(v.shape)) for v in variables)
 
@@ -142,10 +106,9 @@ def setup_candidate(args, name):
 
     def loss_and_grads():
         with tf.GradientTape() as tape:
-            logits = model((tokens, positions), training=True)
-            loss = tf.reduce_mean(
-                keras.losses.sparse_categorical_crossentropy(
-                    labels, logits, from_logits=True))
+            mlm_logits, nsp_logits = model(features, training=True,
+                                           seed=dropout_seed)
+            loss = pretraining_loss(features, mlm_logits, nsp_logits)
         return loss, tape.gradient(loss, variables)
 
     if optimizer is None:
@@ -235,6 +198,8 @@ def parse_args(argv):
         args.intermediate = 4 * args.hidden
     if args.hidden % args.heads:
         parser.error("--hidden must be a multiple of --heads")
+    if args.seq_len < 2:
+        parser.error("--seq_len must be >= 2 (two segments)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     names = [c.strip() for c in args.candidates.split(",") if c.strip()]
@@ -304,7 +269,7 @@ def benchmark(args):
 
 def report(result):
     config = result["model_config"]
-    print(f"\nBERT-like train step (forward + backward + apply, one XLA "
+    print(f"\nBERT train step (forward + backward + apply, one XLA "
           f"program): {result['parameters']:,} parameters, "
           f"{config['layers']} layers, hidden {config['hidden']}, "
           f"batch {config['batch']} x {config['seq_len']} tokens; median of "

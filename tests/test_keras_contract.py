@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import keras
 from tf_lamb import Lamb
+from tf_lamb import framework
 from tf_lamb import lamb as lamb_module
 
 
@@ -261,7 +262,7 @@ def test_lamb_bias_correction_follows_iterations(accumulation):
 ])
 def test_framework_versions_outside_the_tested_range_fail_on_import(
         tensorflow_version, keras_version, problem):
-    check = lamb_module._check_framework_versions
+    check = framework.check_versions
     if problem is None:
         check(tensorflow_version, keras_version)
         return

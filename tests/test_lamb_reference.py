@@ -7,7 +7,7 @@ import keras
 
 from numpy_lamb import (NumpyLamb, clip_global_norm, clip_norm, clip_value,
                         max_relative_error)
-import tf_lamb.lamb
+import tf_lamb.compiled
 from tf_lamb import Lamb
 
 SHAPES = {
@@ -60,7 +60,7 @@ def test_matches_numpy_algorithm_2(bias_correction, jit_compile, device_kind,
                                    monkeypatch):
     if device_kind == "accelerator":
         # The norms a GPU or TPU program takes (plain reductions), here.
-        monkeypatch.setattr(tf_lamb.lamb, "_is_cpu", lambda device: False)
+        monkeypatch.setattr(tf_lamb.compiled, "is_cpu", lambda device: False)
     steps = 100
     variables = make_variables(scale=3.0)
     initial = [v.numpy() for v in variables]

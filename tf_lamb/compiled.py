@@ -1,0 +1,340 @@
+"""LAMB's step for all variables at once, as one program per device.
+
+`tf_lamb.algorithm` says what a step computes; this module says how it runs
+fast and correctly:
+
+- across replicas: gradients are summed before any norm is taken, then one
+  `strategy.extended.update` runs the program on each device's copy;
+- as one XLA program (or one graph) for all variables, whose norms take the
+  form the device is fast at (`sums_of_squares`);
+- with the all-or-nothing rule for inf/NaN gradients, gradient
+  accumulation and EMA, each written so that XLA updates variables in place.
+
+Measurements behind each choice: docs/performance.md.
+"""
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import tensorflow as tf
+
+from tf_lamb import algorithm, framework
+
+# XLA:CPU fuses the squares into the norms' matvec from TensorFlow 2.21 on;
+# 2.16's does not (2.17-2.20 unmeasured): plain reductions there.
+MATVEC_NORMS_ON_CPU = framework.major_minor(tf.__version__) >= (2, 21)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a program is built with: Python values baked into it."""
+
+    epsilon: float
+    max_trust_ratio: Optional[float]
+    bias_correction: bool
+    jit_compile: bool
+    use_matvec: bool  # the form of the norms, see sums_of_squares
+    clipnorm: Optional[float] = None
+    global_clipnorm: Optional[float] = None
+    clipvalue: Optional[float] = None
+    accumulation_steps: Optional[int] = None
+    ema_momentum: Optional[float] = None  # None: no EMA
+    ema_overwrite_frequency: Optional[int] = None
+
+
+class VariableState(NamedTuple):
+    """One variable's tensors in a step (this device's copies), and how LAMB
+    treats it."""
+
+    weight: tf.Variable
+    momentum: tf.Variable
+    velocity: tf.Variable
+    accumulator: Optional[tf.Variable]  # gradient accumulation only
+    average: Optional[tf.Variable]  # EMA only
+    weight_decay: float  # 0: no decay (excluded, or none asked for)
+    layer_adaptation: bool  # False: phi = 1
+
+
+class StepState(NamedTuple):
+    """The optimizer's tensors a step reads and writes."""
+
+    iterations: tf.Variable  # calls so far
+    trust_ratios: tf.Variable  # phi of every variable of the optimizer
+    indices: tuple  # the variables' places in trust_ratios
+    variables: tuple  # their VariableStates
+
+
+# -- norms -------------------------------------------------------------------
+
+def is_cpu(device):
+    """Whether a variable placed on `device` (a device string) is on a CPU."""
+    device_type = tf.DeviceSpec.from_string(device or "").device_type
+    if device_type:
+        return device_type.upper() == "CPU"
+    return not (tf.config.list_logical_devices("GPU")
+                or tf.config.list_logical_devices("TPU"))
+
+
+def norms_as_matvec(device, jit_compile):
+    """The form of the norms for a program on `device` (sums_of_squares)."""
+    return jit_compile and is_cpu(device) and MATVEC_NORMS_ON_CPU
+
+
+def sums_of_squares(*tensors, use_matvec=True):
+    """[sum(x**2) for x in tensors], for tensors of one shape.
+
+    With `use_matvec`, each tensor is viewed as rows of its last dimension,
+    the rows of all the tensors are interleaved, and one matvec
+    `square(rows) @ ones` sums them. XLA on CPU fuses that into a single
+    streaming loop, where a large `reduce_sum(square(x))` becomes a
+    reduce-window that writes x**2 out first; and with w and r = f(w, m, v)
+    interleaved, w, m and v are read once for both norms instead of once per
+    norm. Without it, plain reductions: GPUs and TPUs fuse those well, and
+    may run a float32 matvec at TF32 or bfloat16 precision. The fusion is a
+    property of one XLA:CPU (TensorFlow 2.21's): re-measure when it moves
+    (docs/performance.md).
+    """
+    if not use_matvec:
+        # One kernel outside XLA, where reduce_sum(square(x)) writes x**2
+        # out first; XLA lowers both to the same reduction.
+        return [2.0 * tf.nn.l2_loss(x) for x in tensors]
+    columns = tensors[0].shape[-1] if tensors[0].shape.rank else 1
+    # XLA:CPU's matvec slows down on rows longer than 2048; a row split in
+    # halves is still a free reshape.
+    while columns > 2048 and columns % 2 == 0:
+        columns //= 2
+    rows = tf.stack([tf.reshape(x, [-1, columns]) for x in tensors], axis=1)
+    row_sums = tf.linalg.matvec(tf.square(tf.reshape(rows, [-1, columns])),
+                                tf.ones([columns], rows.dtype))
+    return tf.unstack(tf.reduce_sum(
+        tf.reshape(row_sums, [-1, len(tensors)]), axis=0))
+
+
+# -- across replicas and devices ---------------------------------------------
+
+def apply_on_every_device(strategy, grads, hyperparameters, anchor,
+                          run_program):
+    """Sums `grads` over replicas, then calls `run_program(anchor_copy,
+    grads, hyperparameters)` once per device (or once inside a TPU program),
+    where every distributed variable resolves to that device's copy.
+
+    `anchor` is any optimizer variable: its copy tells the device.
+    """
+    def update_all(strategy, grads, hyperparameters):
+        strategy.extended.update(anchor.value, run_program,
+                                 args=(grads, hyperparameters), group=False)
+
+    replica_context = tf.distribute.get_replica_context()
+    if replica_context is None:
+        update_all(strategy, grads, hyperparameters)
+        return
+    # Clipping norms and trust ratios must see the global gradient, never
+    # one replica's share. (One replica: the call alone would cost time.)
+    if replica_context.num_replicas_in_sync > 1:
+        grads = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        update_all, strategy, grads, hyperparameters)
+
+
+def program(state_of_device, settings):
+    """The step as a tf.function of (gradients, (lr, beta_1, beta_2)).
+
+    `state_of_device()` gives the StepState when the function is traced,
+    inside the update of one device, so the program captures that device's
+    copies: each device needs a program of its own.
+    """
+    return tf.function(
+        lambda grads, hyper: step(grads, hyper, state_of_device(), settings),
+        jit_compile=settings.jit_compile, autograph=False,
+        reduce_retracing=True)
+
+
+# -- the step ----------------------------------------------------------------
+
+def run_if(condition, body, jit_compile):
+    """Runs `body(trip)`, trip = 0, if `condition` holds.
+
+    Under XLA this is a while loop of zero or one trips: a loop updates its
+    variables in place, where a conditional copies every variable that the
+    branch not taken passes through (on an accumulating call, all of w, m
+    and v). Outside XLA a `tf.cond` costs nothing extra.
+    """
+    def run():
+        body(tf.constant(0))
+        return tf.constant(True)
+
+    if not jit_compile:
+        tf.cond(condition, run, lambda: tf.constant(False))
+        return
+
+    def loop_body(trip):
+        body(trip)
+        return trip + 1
+
+    tf.while_loop(lambda trip: trip < tf.cast(condition, tf.int32),
+                  loop_body, [tf.constant(0)])
+
+
+def step(grads, hyperparameters, state, settings):
+    """One call: an update, or with gradient accumulation, a call that adds
+    to the accumulators or one that updates with their mean."""
+    iterations = state.iterations
+    steps = settings.accumulation_steps
+    if not steps:
+        update(grads, hyperparameters, iterations, state, settings)
+        return
+    accumulators = [variable.accumulator for variable in state.variables]
+    is_update_step = tf.equal((iterations + 1) % steps, 0)
+    starts_cycle = tf.equal(iterations % steps, 0)
+
+    def accumulate(trip):
+        # The first call of a cycle overwrites the last cycle's mean, so no
+        # pass over the accumulators is spent zeroing them.
+        for a, g in zip(accumulators, grads):
+            g = tf.cast(g, a.dtype)
+            a.assign(tf.where(starts_cycle, g, a.read_value() + g))
+
+    def take_mean(trip):
+        # A loop of its own: inside the update's loop XLA would fuse the mean
+        # into each pass that reads it and copy the old sums aside.
+        for a, g in zip(accumulators, grads):
+            a.assign((a.read_value() + tf.cast(g, a.dtype)) / steps)
+
+    def apply_mean(trip):
+        means = [a.read_value() for a in accumulators]
+        if settings.jit_compile:
+            # Times 1.0 from the trip count: XLA would otherwise hoist the
+            # loop-invariant g**2 out of the loop as a full-size temporary
+            # per variable, allocated even when no update runs.
+            one = tf.cast(trip, tf.float32) + 1.0
+            means = [tf.cast(m, tf.float32) * one for m in means]
+        update(means, hyperparameters, iterations // steps, state, settings)
+
+    run_if(tf.logical_not(is_update_step), accumulate, settings.jit_compile)
+    run_if(is_update_step, take_mean, settings.jit_compile)
+    run_if(is_update_step, apply_mean, settings.jit_compile)
+
+
+def update(grads, hyperparameters, update_count, state, settings):
+    """One LAMB update of every variable in `state`; `update_count` updates
+    were applied before. A step whose gradients hold inf or NaN changes no
+    variable and no slot."""
+    grads = [tf.cast(g, tf.float32) for g in grads]
+    grad_squared_norms = [
+        sums_of_squares(g, use_matvec=settings.use_matvec)[0] for g in grads]
+    # The global gradient norm is needed for global_clipnorm anyway, and it
+    # is inf/NaN exactly when some gradient is: then the whole step is
+    # dropped, on every replica alike (the gradients are already summed).
+    finite = tf.math.is_finite(tf.add_n(grad_squared_norms))
+    grads = _clipped(grads, grad_squared_norms, settings)
+    values = algorithm.StepValues.at(
+        tf.cast(update_count + 1, tf.float32), *hyperparameters,
+        bias_correction=settings.bias_correction)
+
+    def update_variables(finite):
+        ratios = [update_variable(variable, g, values, settings, finite)
+                  for variable, g in zip(state.variables, grads)]
+        if settings.ema_momentum is not None:
+            update_ema(state.variables, update_count, finite, settings)
+        return tf.stack(ratios)
+
+    trust_ratios = state.trust_ratios
+    previous = trust_ratios.read_value()
+    if settings.jit_compile:
+        # XLA updates variables in place only outside conditionals, so there
+        # `finite` selects the old values element-wise.
+        ratios = update_variables(finite)
+    else:
+        # Outside XLA each element-wise select is a pass of its own; a cond
+        # skips the whole update instead.
+        ratios = tf.cond(finite, lambda: update_variables(None),
+                         lambda: tf.gather(previous, state.indices))
+    trust_ratios.assign(tf.where(
+        finite,
+        tf.tensor_scatter_nd_update(previous, [[i] for i in state.indices],
+                                    ratios),
+        previous))
+
+
+def _unless_nonfinite(finite, new, old):
+    """`new` where `finite` holds, else `old`; `new` when finite is None."""
+    return new if finite is None else tf.where(finite, new, old)
+
+
+def update_variable(variable, gradient, values, settings, finite):
+    """Algorithm 2 for one variable; its trust ratio phi.
+
+    `finite`: keep the old values where it is false (None: the caller has
+    checked it already).
+    """
+    w, m_slot, v_slot = variable.weight, variable.momentum, variable.velocity
+    weight = tf.cast(w.read_value(), tf.float32)
+    m_old, v_old = m_slot.read_value(), v_slot.read_value()
+    m, v = algorithm.update_moments(gradient, m_old, v_old, values.beta_1,
+                                    values.beta_2)
+    m_slot.assign(_unless_nonfinite(finite, m, m_old))
+    v_slot.assign(_unless_nonfinite(finite, v, v_old))
+    # Reading the slots back (rather than reusing m, v) lets XLA update them
+    # in place: nothing after this point needs their old values.
+    m, v = m_slot.read_value(), v_slot.read_value()
+
+    def direction(as_product=False):
+        return algorithm.lamb_direction(
+            m, v, weight, values.beta_1_power, values.beta_2_power,
+            settings.epsilon, variable.weight_decay, as_product)
+
+    r = direction()
+    ratio = None
+    if variable.layer_adaptation:
+        weight_squared, direction_squared = sums_of_squares(
+            weight, r, use_matvec=settings.use_matvec)
+        ratio = algorithm.trust_ratio(tf.sqrt(weight_squared),
+                                      tf.sqrt(direction_squared),
+                                      settings.max_trust_ratio)
+        if settings.jit_compile:
+            # r again, in a form XLA does not share with the norm's pass, so
+            # r is never written out: the norm's and the update's loops each
+            # read w, m, v. Unfused graph ops keep r anyway.
+            r = direction(as_product=True)
+    new_weight = _unless_nonfinite(
+        finite, algorithm.apply_update(weight, r, values.learning_rate, ratio),
+        weight)
+    w.assign(tf.cast(new_weight, w.dtype))
+    return tf.constant(1.0) if ratio is None else ratio
+
+
+def _clipped(grads, squared_norms, settings):
+    if settings.clipnorm:
+        return [algorithm.clip_by_global_norm([g], settings.clipnorm,
+                                              tf.sqrt(sq))[0]
+                for g, sq in zip(grads, squared_norms)]
+    if settings.global_clipnorm:
+        return algorithm.clip_by_global_norm(
+            grads, settings.global_clipnorm, tf.sqrt(tf.add_n(squared_norms)))
+    if settings.clipvalue:
+        return [tf.clip_by_value(g, -settings.clipvalue, settings.clipvalue)
+                for g in grads]
+    return grads
+
+
+def update_ema(variables, update_count, finite, settings):
+    """average = momentum * average + (1 - momentum) * w, after an update."""
+    # The first update copies the weights, as Keras' base optimizer does.
+    momentum = tf.where(update_count > 0, settings.ema_momentum, 0.0)
+    overwrite = None
+    if settings.ema_overwrite_frequency:
+        overwrite = tf.equal(
+            (update_count + 1) % settings.ema_overwrite_frequency, 0)
+        if finite is not None:
+            overwrite = tf.logical_and(finite, overwrite)
+    for variable in variables:
+        w, average = variable.weight, variable.average
+        weight = tf.cast(w.read_value(), tf.float32)
+        new_average = (momentum * tf.cast(average.read_value(), tf.float32)
+                       + (1.0 - momentum) * weight)
+        new_average = _unless_nonfinite(
+            finite, new_average, tf.cast(average.read_value(), tf.float32))
+        average.assign(tf.cast(new_average, average.dtype))
+        if overwrite is not None:
+            w.assign(tf.where(overwrite, tf.cast(new_average, w.dtype),
+                              w.read_value()))
