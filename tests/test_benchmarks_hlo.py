@@ -6,6 +6,7 @@ the tiny shapes: both the accelerator form of tf_lamb's norms (what a GPU
 would run) and the CPU form.
 """
 
+import gzip
 import json
 import os
 import subprocess
@@ -99,3 +100,45 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     completed = _run("benchmarks.run_hlo", str(tmp_path))
     assert completed.returncode == 2
     assert "manifest.json" in completed.stderr
+
+
+def test_profile_reads_device_kernels_from_a_trace(tmp_path):
+    from benchmarks import profile_hlo
+    # A perfetto trace as jax writes it: metadata names each process; only
+    # the device's complete ("X") events are kernels.
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1,
+         "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 7,
+         "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 1, "name": "PjitFunction", "ts": 0, "dur": 900},
+        {"ph": "X", "pid": 7, "name": "loop_fusion", "ts": 10, "dur": 30},
+        {"ph": "X", "pid": 7, "name": "input_reduce_fusion", "ts": 50,
+         "dur": 50},
+        {"ph": "X", "pid": 7, "name": "loop_fusion", "ts": 400, "dur": 40},
+    ]
+    path = tmp_path / "perfetto_trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    seconds, kernels = profile_hlo.device_kernel_seconds(str(path), steps=2)
+    assert seconds == pytest.approx(120e-6 / 2)
+    assert kernels == 1.5
+    events = [e for e in events if e.get("pid") != 7]
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert profile_hlo.device_kernel_seconds(str(path), 2) == (None, 0)
+
+
+def test_profile_runs_the_exported_programs(exported, tmp_path):
+    out = tmp_path / "profile.json"
+    completed = _run("benchmarks.profile_hlo", str(exported), "--steps=2",
+                     "--bandwidth_mb=8", f"--json_out={out}")
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    result = json.loads(out.read_text())
+    (model,) = result["models"]
+    assert set(model["candidates"]) == set(export_hlo.CANDIDATES)
+    for candidate in model["candidates"].values():
+        assert candidate["call_s"] > 0 and candidate["chained_s"] > 0
+        # A CPU has no device kernels in the trace: none is made up.
+        assert candidate["kernel_s"] is None
+    assert "kernel speed-up vs keras" in completed.stdout
