@@ -210,7 +210,9 @@ def write_instances(instances, output_files, max_seq_length,
         for i, instance in enumerate(instances):
             example = instance_to_example(instance, max_seq_length,
                                           max_predictions)
-            writers[i % len(writers)].write(example.SerializeToString())
+            # Map entries in key order: the same examples give the same bytes.
+            writers[i % len(writers)].write(
+                example.SerializeToString(deterministic=True))
     finally:
         for writer in writers:
             writer.close()

@@ -11,22 +11,29 @@ errors still show. Nothing here changes what TensorFlow computes
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import re
 import sys
 import tempfile
 
+from absl import logging as absl_logging
+
 # TensorFlow's C++ log level: 1 hides INFO and keeps warnings and errors.
 _CPP_LEVEL = "1"
 # An INFO line of absl's C++ log: "I<mmdd> <time> <thread> <file>:<line>] ".
-_CPP_INFO = re.compile(r"I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+# (Before absl's InitializeLog, the seconds count from the epoch.)
+_CPP_INFO = re.compile(r"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
 # absl's note before its first line when nothing called InitializeLog.
 _PRE_INIT = "WARNING: All log messages before absl::InitializeLog()"
 # TensorFlow found no CUDA driver, so its failed cuInit is expected: on a
 # machine without a GPU this line is no error.
 _NO_DRIVER = "Could not find cuda drivers on your machine"
 _CUINIT = re.compile(r"E\d{4} .*failed call to cuInit")
+# Packages whose Python INFO lines are hidden: TensorFlow's code logs through
+# absl's logger as well as through its own ("tensorflow").
+_LIBRARIES = ("tensorflow", "keras", "tf_keras", "tensorboard")
 
 
 def asked_verbosity(argv):
@@ -66,6 +73,8 @@ def quiet_tensorflow(argv=None, environ=None):
     # A level the user set is kept.
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _CPP_LEVEL)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    absl_logging.get_absl_logger().addFilter(
+        _LibraryInfoFilter(_library_dirs()))
     if "tensorflow" not in sys.modules:
         # Some notices are printed as TensorFlow loads and finds its devices,
         # before its log level applies: they are taken out of stderr.
@@ -73,6 +82,29 @@ def quiet_tensorflow(argv=None, environ=None):
             tf = importlib.import_module("tensorflow")
             tf.config.list_physical_devices()
     return True
+
+
+class _LibraryInfoFilter(logging.Filter):
+    """Drops INFO (and DEBUG) records logged from code under `dirs`."""
+
+    def __init__(self, dirs):
+        super().__init__()
+        self.dirs = dirs
+
+    def filter(self, record):
+        return record.levelno > logging.INFO or not (
+            os.path.realpath(record.pathname).startswith(self.dirs))
+
+
+def _library_dirs():
+    """The package directories of _LIBRARIES, found without importing."""
+    dirs = []
+    for name in _LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            dirs += [os.path.join(os.path.realpath(d), "")
+                     for d in spec.submodule_search_locations]
+    return tuple(dirs)
 
 
 def drop_info_lines(text):
