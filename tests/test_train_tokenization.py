@@ -1,9 +1,11 @@
 """The project's tokenizer against an independent re-derivation of Google
-BERT's (tests/google_bert_tokenization.py): the same words and ids."""
+BERT's (tests/google_bert_tokenization.py): the same words and ids; its
+vocabulary learner against HuggingFace `tokenizers`' trainer."""
 
 import sys
 
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import google_bert_tokenization as google
 from train import corpus
@@ -132,3 +134,56 @@ def test_vocab_file_is_read_as_google_reads_it(tmp_path):
                       "b\u2028c", "", "last"]
     assert {t: i for i, t in enumerate(tokens)} == google.load_vocab(
         str(path))
+
+
+def _huggingface_vocab(documents, vocab_size):
+    """HuggingFace `tokenizers`' BPE trainer (which its WordPiece trainer
+    runs) on the same words, each character after a word's first written
+    as a code point of its own that stands for its ##continuation: then
+    every id of the trainer comes from its sorted alphabet, not from a
+    hash map, and its ties between equal counts fall as ours do."""
+    words = [w for d in documents for s in d for w in basic_tokenize(s)]
+    chars = sorted({c for w in words for c in w})
+    free = (chr(c) for c in range(0xF0000, 0x110000)
+            if chr(c) not in chars)
+    continuation = dict(zip(chars, free))
+    back = {code: "##" + c for c, code in continuation.items()}
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False)
+    tokenizer.train_from_iterator(
+        [w[0] + "".join(continuation[c] for c in w[1:]) for w in words],
+        trainer)
+    learnt = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+
+    def text(code):
+        return back[code][2:] if code in back else code
+
+    return [t if t in SPECIAL_TOKENS else
+            ("##" if t[0] in back else "") + "".join(map(text, t))
+            for t, _ in learnt]
+
+
+@pytest.mark.parametrize("count, size", [(300, 700), (1200, 3000)])
+def test_learnt_vocabulary_is_huggingfaces(documents, count, size):
+    """The same tokens in the same order as HuggingFace's trainer, once its
+    ids are made independent of hash-map order."""
+    assert learn_vocab(documents[:count], size) == _huggingface_vocab(
+        documents[:count], size)
+
+
+def test_learnt_vocabulary_reaches_the_target_and_ties_by_age():
+    # "ab" and "cd" are equally frequent: the pair of older tokens ("a" is
+    # older than "c") is merged first, whatever the order of the text.
+    for text in (["ab cd"], ["cd ab"]):
+        tokens = learn_vocab([text], len(SPECIAL_TOKENS) + 4 + 2 + 1)
+        assert tokens[len(SPECIAL_TOKENS):] == ["a", "b", "c", "d", "##b",
+                                                "##d", "ab"]
+    # a ##a ##a ##a: the overlapping pair (##a, ##a) counts twice per word
+    # and is merged first, left to right (a ##aa ##a); then (a, ##aa) and
+    # (##aa, ##a) tie and the one of older tokens goes first.
+    tokens = learn_vocab([["aaaa"] * 3], 100)
+    assert tokens[len(SPECIAL_TOKENS):] == ["a", "##a", "##aa", "aaa",
+                                            "aaaa"]
