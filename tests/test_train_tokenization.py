@@ -143,10 +143,9 @@ def _huggingface_vocab(documents, vocab_size):
     every id of the trainer comes from its sorted alphabet, not from a
     hash map, and its ties between equal counts fall as ours do."""
     words = [w for d in documents for s in d for w in basic_tokenize(s)]
-    chars = sorted({c for w in words for c in w})
-    free = (chr(c) for c in range(0xF0000, 0x110000)
-            if chr(c) not in chars)
-    continuation = dict(zip(chars, free))
+    used = {c for w in words for c in w}
+    free = (chr(c) for c in range(0xF0000, 0x110000) if chr(c) not in used)
+    continuation = dict(zip(sorted(used), free))
     back = {code: "##" + c for c, code in continuation.items()}
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
