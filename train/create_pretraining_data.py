@@ -32,7 +32,6 @@ if __name__ == "__main__":
 # The imports below load TensorFlow.
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from train.corpus import read_documents, stdlib_documents  # noqa: E402
@@ -168,8 +167,6 @@ def main(argv):
         whole_word_mask=FLAGS.whole_word_mask,
         lower_case=FLAGS.do_lower_case, vocab_size=FLAGS.vocab_size,
         seed=FLAGS.random_seed)
-    logging.info("Wrote %d examples to %s (vocabulary %s)", count,
-                 ", ".join(output_files), vocab_file)
     print(f"Wrote {count} examples to {', '.join(output_files)}; "
           f"vocabulary: {vocab_file}")
 
