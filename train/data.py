@@ -95,7 +95,7 @@ def check_model_dir(config, bert_config):
                          f"no bert_config.json: not a run of this program")
     if bert_config is None:
         # The vocabulary is still to be learnt: compare all but its size.
-            bert_config = modeling.BertConfig.for_size(
+        bert_config = modeling.BertConfig.for_size(
             config.model_size_name, saved.get("vocab_size", 1))
     wanted = bert_config.to_dict()
     if saved != wanted:
