@@ -240,7 +240,7 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
         tokenization.write_vocab(vocab, vocab_file)
     tokens = tokenization.read_vocab(vocab_file)
     tokenized = tokenization.tokenize_documents(documents, vocab_file,
-                                       config.do_lower_case)
+                                                config.do_lower_case)
     counts = []
     result = []
     for i, (phase, name) in enumerate(zip(phases, names)):
@@ -252,7 +252,7 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
             raise InputError(f"{source.description} gave no example (each "
                              f"needs two segments of text)")
         examples.write_instances(instances, [name], phase.seq_length,
-                            phase.predictions)
+                                 phase.predictions)
         result.append(phase.with_files([name]))
         counts.append(len(instances))
     examples.write_metadata(meta_path, key=key, examples=counts)
