@@ -201,7 +201,6 @@ class _PairCounts:
         self.heap = [(-c, pair) for pair, c in self.count.items()]
         heapq.heapify(self.heap)
 
-
     def most_frequent(self):
         """The pair of the highest count (of the lowest ids among equal
         counts), or None when no pair is left."""
