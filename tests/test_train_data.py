@@ -9,9 +9,10 @@ import tensorflow as tf
 
 import train_testing as _testing
 from train import corpus
-from train import create_pretraining_data as cpd
+from train import examples
 from train import input_pipeline
 from train import optimization
+from train import tokenization
 
 
 def test_default_corpus_is_deterministic_english_prose():
@@ -46,7 +47,7 @@ def test_cli_writes_google_bert_records(tmp_path):
          "--vocab_size=500", "--dupe_factor=2"], timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     vocab = (out / "vocab.txt").read_text().splitlines()
-    assert vocab[:5] == list(cpd.SPECIAL_TOKENS)
+    assert vocab[:5] == list(tokenization.SPECIAL_TOKENS)
     records = _parse_all([str(out / "a.tfrecord"), str(out / "b.tfrecord")],
                          48, 8)
     n = len(records["input_ids"])
@@ -83,18 +84,18 @@ def test_cli_writes_google_bert_records(tmp_path):
 def tokenized(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("masking")
     text = _testing.write_small_corpus(str(tmp_path / "t.txt"), 400)
-    documents = cpd.read_documents([text])
-    vocab_tokens = cpd.learn_vocab(documents, 800)
+    documents = corpus.read_documents([text])
+    vocab_tokens = tokenization.learn_vocab(documents, 800)
     vocab_file = str(tmp_path / "vocab.txt")
-    cpd.write_vocab(vocab_tokens, vocab_file)
-    return cpd.tokenize_documents(documents, vocab_file), vocab_tokens
+    tokenization.write_vocab(vocab_tokens, vocab_file)
+    return tokenization.tokenize_documents(documents, vocab_file), vocab_tokens
 
 
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_masking_statistics(tokenized, whole_word):
     documents, tokens = tokenized
-    vocab = cpd.Vocab(tokens)
-    instances = cpd.create_instances(
+    vocab = examples.Vocab(tokens)
+    instances = examples.create_instances(
         documents, vocab, max_seq_length=64, max_predictions=64,
         dupe_factor=3, whole_word_mask=whole_word, seed=3)
     masked = same = replaced_by_mask = 0

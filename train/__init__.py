@@ -10,7 +10,21 @@ Entry points:
   python -m train.create_pretraining_data   text files -> TFRecords
 """
 
-from train.config import InputError, PretrainConfig
-from train.pretraining import run_pretraining
+import importlib
 
 __all__ = ["InputError", "PretrainConfig", "run_pretraining"]
+
+# Loaded on first use, so that `python -m train.pretrain` can set
+# TensorFlow's log level (train/logs.py) before anything imports TensorFlow.
+_HOMES = {"InputError": "train.config", "PretrainConfig": "train.config",
+          "run_pretraining": "train.pretraining"}
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 
 from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES
-from train import create_pretraining_data as cpd
+from train import examples
 from train.modeling import MODEL_SIZES
 from train.optimization import GradientAccumulation
 
@@ -345,17 +345,17 @@ def _validate(c):
         # Lamb names its argument, which is the flag of the same name.
         raise InputError(f"LAMB setting: {error}") from None
     try:
-        cpd.check_flags(c.max_seq_length, c.max_predictions_per_seq,
-                        c.masked_lm_prob, c.short_seq_prob, c.dupe_factor,
-                        c.vocab_size)
+        examples.check_flags(c.max_seq_length, c.max_predictions_per_seq,
+                             c.masked_lm_prob, c.short_seq_prob,
+                             c.dupe_factor, c.vocab_size)
     except ValueError as error:
         raise InputError(str(error)) from None
     if c.phase2_steps:
         try:
-            cpd.check_flags(c.phase2_max_seq_length,
-                            c.phase2_max_predictions_per_seq,
-                            c.masked_lm_prob, c.short_seq_prob,
-                            c.dupe_factor, c.vocab_size)
+            examples.check_flags(c.phase2_max_seq_length,
+                                 c.phase2_max_predictions_per_seq,
+                                 c.masked_lm_prob, c.short_seq_prob,
+                                 c.dupe_factor, c.vocab_size)
         except ValueError as error:
             raise InputError(f"phase 2: {error} (--phase2_max_seq_length="
                              f"{c.phase2_max_seq_length}, "

@@ -1,8 +1,11 @@
-"""A small English corpus that exists wherever Python is installed.
+"""Documents of text for pretraining: read from text files, or made from
+the docstrings of the Python standard library (a small English corpus that
+exists wherever Python is installed).
 
-The docstrings of the Python standard library are plain English prose.  They
-are read from the library's source files with `ast` (no module is imported,
-so nothing runs), cleaned of code examples, split into sentences and grouped
+The text format has one sentence per line and a blank line between
+documents (`read_documents`, `write_text_corpus`).  The docstrings are read
+from the library's source files with `ast` (no module is imported, so
+nothing runs), cleaned of code examples, split into sentences and grouped
 into documents: one document per module, class or function docstring.  The
 result depends only on the Python version, never on the machine's state, and
 is the same on every call.
@@ -12,6 +15,10 @@ import ast
 import os
 import re
 import sysconfig
+
+import tensorflow as tf
+
+from train.input_pipeline import matching_files
 
 # Packages whose docstrings are mostly tests, data tables or platform glue.
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages",
@@ -104,3 +111,35 @@ def write_text_corpus(documents, path):
         for document in documents:
             f.write("\n".join(document))
             f.write("\n\n")
+
+
+def read_documents(patterns):
+    """Documents (lists of sentences) from the text files matching
+    `patterns`, in the format of `write_text_corpus`.
+
+    Raises ValueError when a pattern matches nothing, a file cannot be read
+    or is not UTF-8, or no text is found.
+    """
+    paths = matching_files(patterns, "input file")
+    documents, current = [], []
+    for path in paths:
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except tf.errors.OpError as error:
+            raise ValueError(f"Cannot read {path}: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line:
+                current.append(line)
+            elif current:
+                documents.append(current)
+                current = []
+        if current:
+            documents.append(current)
+            current = []
+    if not documents:
+        raise ValueError(f"No text in {', '.join(paths)}")
+    return documents

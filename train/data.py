@@ -12,7 +12,13 @@ import os
 import time
 from typing import Callable, Optional
 
-from train import create_pretraining_data as cpd
+import tensorflow as tf
+
+from train import corpus
+from train import examples
+from train import input_pipeline
+from train import modeling
+from train import tokenization
 from train.config import InputError
 
 
@@ -30,11 +36,10 @@ class TextSource:
 def resolve_model(config, phases):
     """(BertConfig or None if it waits for a learnt vocabulary, vocab tokens
     or None)."""
-    from train import modeling
     tokens = None
     if config.vocab_file:
         try:
-            tokens = cpd.read_vocab(config.vocab_file)
+            tokens = tokenization.read_vocab(config.vocab_file)
         except ValueError as error:
             raise InputError(str(error)) from None
     bert_config = None
@@ -68,7 +73,6 @@ def resolve_model(config, phases):
 
 def saved_bert_config(model_dir):
     """The bert_config.json of a run in `model_dir` as a dict, or None."""
-    import tensorflow as tf
     path = os.path.join(model_dir, "bert_config.json")
     if not tf.io.gfile.exists(path):
         return None
@@ -78,7 +82,6 @@ def saved_bert_config(model_dir):
 
 def check_model_dir(config, bert_config):
     """A checkpoint in --model_dir must be of the same model."""
-    import tensorflow as tf
     model_dir = config.model_dir
     if not tf.io.gfile.exists(model_dir):
         return
@@ -92,7 +95,6 @@ def check_model_dir(config, bert_config):
                          f"no bert_config.json: not a run of this program")
     if bert_config is None:
         # The vocabulary is still to be learnt: compare all but its size.
-        from train import modeling
         bert_config = modeling.BertConfig.for_size(
             config.model_size_name, saved.get("vocab_size", 1))
     wanted = bert_config.to_dict()
@@ -108,7 +110,6 @@ def check_model_dir(config, bert_config):
 def train_files(config, phases, bert_config):
     """`phases` with the checked files of --train_files and
     --phase2_train_files."""
-    from train import input_pipeline
     result = []
     try:
         for phase, patterns in zip(phases, (config.train_files,
@@ -123,12 +124,11 @@ def train_files(config, phases, bert_config):
 
 def find_source(config):
     """The text to make examples from, or None with --train_files."""
-    import tensorflow as tf
     if config.train_files:
         return None
     if config.input_file:
         try:
-            documents = cpd.read_documents(list(config.input_file))
+            documents = corpus.read_documents(list(config.input_file))
         except ValueError as error:
             raise InputError(str(error)) from None
         if len(documents) < 2 and max(map(len, documents)) < 2:
@@ -147,7 +147,6 @@ def find_source(config):
         documents = load_tfds_documents(config)
         return TextSource(f"tfds {config.tfds_name}/{config.tfds_split}",
                           lambda: documents)
-    from train import corpus
     return TextSource("the Python standard library's docstrings",
                       corpus.stdlib_documents)
 
@@ -160,7 +159,6 @@ def load_tfds_documents(config):
             "--tfds_name needs the tensorflow-datasets package, which is not "
             "installed (pip install tensorflow-datasets); or use "
             "--input_file / --train_files") from None
-    from train import corpus
     try:
         dataset = tfds.load(config.tfds_name, split=config.tfds_split,
                             data_dir=config.tfds_data_dir, download=False)
@@ -198,7 +196,7 @@ def _examples_key(config, source, phases, vocab_target):
         "whole_word_mask": config.whole_word_mask,
         "do_lower_case": config.do_lower_case,
         "seed": config.seed,
-        "writer": getattr(cpd, "EXAMPLES_VERSION", None),
+        "writer": examples.EXAMPLES_VERSION,
         "fingerprint": source.fingerprint,
     }
 
@@ -210,7 +208,6 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
     learnt when --vocab_file is not given; with --bert_config_file it is
     padded with [unusedN] tokens to the model's vocab_size.
     """
-    import tensorflow as tf
     vocab_target = bert_config.vocab_size if bert_config else (
         config.vocab_size)
     key = _examples_key(config, source, phases, vocab_target)
@@ -233,31 +230,32 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
         tf.io.gfile.remove(meta_path)
     documents = source.documents()
     if not config.vocab_file:
-        vocab = cpd.learn_vocab(documents, vocab_target, config.do_lower_case)
+        vocab = tokenization.learn_vocab(documents, vocab_target,
+                                         config.do_lower_case)
         if bert_config is not None:
             if len(vocab) > bert_config.vocab_size:
                 vocab = vocab[:bert_config.vocab_size]
             vocab += [f"[unused{i}]"
                       for i in range(bert_config.vocab_size - len(vocab))]
-        cpd.write_vocab(vocab, vocab_file)
-    tokens = cpd.read_vocab(vocab_file)
-    tokenized = cpd.tokenize_documents(documents, vocab_file,
-                                       config.do_lower_case)
+        tokenization.write_vocab(vocab, vocab_file)
+    tokens = tokenization.read_vocab(vocab_file)
+    tokenized = tokenization.tokenize_documents(documents, vocab_file,
+                                                config.do_lower_case)
     counts = []
     result = []
     for i, (phase, name) in enumerate(zip(phases, names)):
-        instances = cpd.create_instances(
-            tokenized, cpd.Vocab(tokens), phase.seq_length,
+        instances = examples.create_instances(
+            tokenized, examples.Vocab(tokens), phase.seq_length,
             phase.predictions, config.masked_lm_prob, config.short_seq_prob,
             config.dupe_factor, config.whole_word_mask, config.seed + i)
         if not instances:
             raise InputError(f"{source.description} gave no example (each "
                              f"needs two segments of text)")
-        cpd.write_instances(instances, [name], phase.seq_length,
-                            phase.predictions)
+        examples.write_instances(instances, [name], phase.seq_length,
+                                 phase.predictions)
         result.append(phase.with_files([name]))
         counts.append(len(instances))
-    cpd.write_metadata(meta_path, key=key, examples=counts)
+    examples.write_metadata(meta_path, key=key, examples=counts)
     print(f"  {len(documents)} documents -> {counts} examples, vocabulary "
           f"of {len(tokens)} tokens ({time.time() - started:.0f}s)",
           flush=True)

@@ -53,14 +53,21 @@ Examples:
 
 import sys
 
-from absl import app
-from absl import flags
+from train import logs
 
-from train import create_pretraining_data as cpd
-from train import flags as train_flags
-from train.config import InputError
-from train.input_pipeline import DataError
-from train.pretraining import run_pretraining
+if __name__ == "__main__":
+    # Before TensorFlow loads: its C++ log level is read then.
+    logs.quiet_tensorflow()
+
+# The imports below load TensorFlow.
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from train import create_pretraining_data as cpd  # noqa: E402
+from train import flags as train_flags  # noqa: E402
+from train.config import InputError  # noqa: E402
+from train.input_pipeline import DataError  # noqa: E402
+from train.pretraining import run_pretraining  # noqa: E402
 
 
 def run_from_flags(flag_values):
