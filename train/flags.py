@@ -223,6 +223,20 @@ def define_flags():
     flags.DEFINE_integer("seed", 42,
                          "Seed of initialisation, dropout, data order and "
                          "generated examples.")
+    # -- failures (docs/failures.md) -----------------------------------------------
+    flags.DEFINE_float("loss_upper_bound", 1e6,
+                       "An update whose loss (MLM + NSP) is above this, or "
+                       "not finite, counts as divergence: the run goes back "
+                       "to its last good checkpoint (see "
+                       "--recovery_max_trials).")
+    flags.DEFINE_integer("recovery_max_trials", 1,
+                         "Times a diverged run goes back to its last good "
+                         "checkpoint and retries before it stops with an "
+                         "error (exit status 3). Training here is "
+                         "deterministic, so a retry helps against a "
+                         "transient fault, not against a learning rate "
+                         "that is too high; 0: stop at the first "
+                         "divergence.")
 
 
 def config_from_flags(values):
