@@ -58,8 +58,7 @@ from absl import flags
 
 from train import create_pretraining_data as cpd
 from train import flags as train_flags
-from train.config import InputError
-from train.input_pipeline import DataError
+from train import errors
 from train.pretraining import run_pretraining
 
 
@@ -74,11 +73,22 @@ def run_from_flags(flag_values):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # One line and an exit status per fault, no traceback
+    # (docs/failures.md).
     try:
         run_from_flags(flags.FLAGS)
-    except (InputError, DataError) as error:
-        # Bad settings or data: one line, no traceback, exit code 1.
+    except (errors.InputError, errors.DataError) as error:
         sys.exit(f"Error: {error}")
+    except errors.Preempted as stop:
+        print(stop, flush=True)
+        sys.exit(stop.exit_status)
+    except (errors.DivergenceError, errors.CheckpointError) as error:
+        print(f"Error: {error}", file=sys.stderr, flush=True)
+        sys.exit(error.exit_status)
+    except KeyboardInterrupt:
+        print("Interrupted before training started; nothing to resume",
+              file=sys.stderr, flush=True)
+        sys.exit(errors.EXIT_SIGINT)
 
 
 train_flags.define_flags()

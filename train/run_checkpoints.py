@@ -6,6 +6,7 @@ runs' checkpoints into a model.)
 """
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -30,10 +31,14 @@ def listed_checkpoints(directory):
             for p in reversed(paths)]
 
 
+# TensorFlow's decorations of an op's error message.
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
+
+
 def _first_line(error):
-    message = getattr(error, "message", None) or str(error)
-    return message.strip().splitlines()[0] if message.strip() else (
-        type(error).__name__)
+    message = _TF_NOISE.sub("", getattr(error, "message", None)
+                            or str(error)).strip()
+    return message.splitlines()[0] if message else type(error).__name__
 
 
 class RunCheckpoints:
@@ -51,9 +56,9 @@ class RunCheckpoints:
         self.newest = None
 
     def restore(self, path, partial=False):
-        """Restores `path`; raises tf.errors.OpError or ValueError (an
-        unreadable file, a missing shard) or AssertionError (another
-        model)."""
+        """Restores `path`; raises what TensorFlow raises for an unreadable
+        one (OpError, IndexError for a truncated file, ...) or
+        AssertionError (another model's)."""
         status = self.trainer.checkpoint.restore(path)
         if partial:
             status.expect_partial()
@@ -72,7 +77,9 @@ class RunCheckpoints:
         for path in listed:
             try:
                 self.restore(path, partial)
-            except (tf.errors.OpError, ValueError, AssertionError) as error:
+            # TensorFlow's reader raises many types for a damaged file; a
+            # restore that fails part-way is overwritten by the next one.
+            except Exception as error:  # pylint: disable=broad-except
                 failures.append((path, _first_line(error)))
                 continue
             for bad, problem in failures:
@@ -104,8 +111,8 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"Cannot write checkpoint {target} ({_first_line(error)}); "
                 f"the newest checkpoint is still "
-                f"{self.newest or 'none'}. Free space or fix the "
-                f"permissions of {self.directory}, then rerun to resume")
+                f"{self.newest or 'none'}. Make {self.directory} writable "
+                f"(space, permissions), then rerun to resume")
         self.newest = path
         return path
 
