@@ -165,14 +165,15 @@ class Trainer:
                 loss = loss * self.static_scale
         grads = tape.gradient(loss, self.variables)
         grads = [tf.convert_to_tensor(g) for g in grads]
-        # Squared norms of this replica's gradient of the mean loss.
-        factor = float(self.replicas) ** 2
+        # Squared norms of this replica's gradient of the mean loss, unscaled
+        # before squaring: the square of a scaled gradient can overflow.
+        unscale = float(self.replicas)
         if self.loss_scaling:
-            factor = factor / tf.square(tf.cast(
-                self.optimizer.dynamic_scale, tf.float32))
+            unscale = unscale / tf.cast(self.optimizer.dynamic_scale,
+                                        tf.float32)
         elif self.static_scale:
-            factor = factor / self.static_scale ** 2
-        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) * factor
+            unscale = unscale / self.static_scale
+        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32) * unscale))
                    for g in grads]
         return grads, stats, squares
 
