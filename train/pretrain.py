@@ -86,8 +86,11 @@ def main(argv):
         print(f"Error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_status)
     except KeyboardInterrupt:
-        print("Interrupted before training started; nothing to resume",
-              file=sys.stderr, flush=True)
+        # Outside the training loop (making examples, the export): nothing
+        # trained is lost.
+        print("Interrupted outside the training loop; rerun the same "
+              "command to go on from the newest checkpoint", file=sys.stderr,
+              flush=True)
         sys.exit(errors.EXIT_SIGINT)
 
 
