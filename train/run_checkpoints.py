@@ -11,7 +11,6 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-from absl import logging
 
 from train.errors import CheckpointError
 from train.errors import DivergenceError
