@@ -183,7 +183,8 @@ def define_flags():
                          "same for any value. A call costs the host about "
                          "1.3 ms on a CPU (0.6% of an update of the default "
                          "run), but a round trip on a TPU can cost as much "
-                         "as an update.")
+                         "as an update. SIGTERM/SIGINT end a call after the "
+                         "update in progress (docs/failures.md).")
     # -- evaluation ----------------------------------------------------------------
     flags.DEFINE_enum("mode", "train", config_lib.MODES,
                       "train; eval (evaluate the newest checkpoint in "
@@ -224,12 +225,14 @@ def define_flags():
                          "Seed of initialisation, dropout, data order and "
                          "generated examples.")
     # -- failures (docs/failures.md) -----------------------------------------------
-    flags.DEFINE_float("loss_upper_bound", 1e6,
+    flags.DEFINE_float("loss_upper_bound",
+                       config_lib.PretrainConfig.loss_upper_bound,
                        "An update whose loss (MLM + NSP) is above this, or "
                        "not finite, counts as divergence: the run goes back "
                        "to its last good checkpoint (see "
                        "--recovery_max_trials).")
-    flags.DEFINE_integer("recovery_max_trials", 1,
+    flags.DEFINE_integer("recovery_max_trials",
+                         config_lib.PretrainConfig.recovery_max_trials,
                          "Times a diverged run goes back to its last good "
                          "checkpoint and retries before it stops with an "
                          "error (exit status 3). Training here is "
