@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES
 from train import examples
+from train.errors import InputError
 from train.modeling import MODEL_SIZES
 from train.optimization import GradientAccumulation
 
@@ -33,10 +34,6 @@ MODES = ("train", "eval", "train_and_eval")
 DEFAULT_WARMUP_STEPS = 50
 DEFAULT_WARMUP_SHARE = 0.1
 DEFAULT_GLOBAL_CLIPNORM = 1.0
-
-
-class InputError(ValueError):
-    """Bad settings or data; the message names the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +143,9 @@ class PretrainConfig:
     log_steps: int = 50
     export_dir: Optional[str] = None
     seed: int = 42
+    # -- failures (docs/failures.md)
+    loss_upper_bound: float = 1e6
+    recovery_max_trials: int = 1
 
     def __post_init__(self):
         for name in ("train_files", "phase2_train_files", "input_file",
@@ -277,6 +277,12 @@ def _validate(c):
                  "eval_batch_size", "max_documents"):
         if getattr(c, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
+    if not c.loss_upper_bound > 0:
+        raise InputError(f"--loss_upper_bound must be > 0, got "
+                         f"{c.loss_upper_bound}")
+    if c.recovery_max_trials < 0:
+        raise InputError(f"--recovery_max_trials must be >= 0, got "
+                         f"{c.recovery_max_trials}")
     for name in ("max_eval_steps", "eval_every_steps",
                  "phase2_train_batch_size"):
         value = getattr(c, name)

@@ -29,11 +29,12 @@ import time
 import tensorflow as tf
 
 from train import input_pipeline
+from train import metrics
 from train import modeling
+from train.metrics import scalar_summary
 
 # The sums each replica returns for its batch, added over replicas and steps.
-SUM_NAMES = ("mlm_loss_sum", "mlm_weight", "mlm_correct", "nsp_loss_sum",
-             "nsp_count", "nsp_correct")
+SUM_NAMES = metrics.SUM_NAMES
 
 # The per-example next-sentence weight added to each batch: 1 for a record,
 # 0 for padding.
@@ -61,24 +62,12 @@ def padding_record(seq_length, max_predictions):
 
 
 def evaluation_sums(features, mlm_logits, nsp_logits):
-    """The float32 sums of one batch (dict keyed by SUM_NAMES).
-
-    The masked-LM sums are those of training (`modeling.pretraining_losses`,
-    weighted by masked_lm_weights); the next-sentence sums are weighted by
-    `features[NSP_WEIGHT_KEY]`, so that padding examples count for nothing.
+    """The float32 sums of one batch (dict keyed by SUM_NAMES): those of
+    training, with the next-sentence terms weighted by
+    `features[NSP_WEIGHT_KEY]` so that padding examples count for nothing.
     """
-    sums = modeling.pretraining_losses(features, mlm_logits, nsp_logits)
-    weights = tf.reshape(tf.cast(features[NSP_WEIGHT_KEY], tf.float32), [-1])
-    labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32),
-                        [-1])
-    nsp_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=nsp_logits)
-    predicted = tf.argmax(nsp_logits, axis=-1, output_type=tf.int32)
-    correct = tf.cast(tf.equal(predicted, labels), tf.float32)
-    sums["nsp_loss_sum"] = tf.reduce_sum(nsp_loss * weights)
-    sums["nsp_count"] = tf.reduce_sum(weights)
-    sums["nsp_correct"] = tf.reduce_sum(correct * weights)
-    return sums
+    return modeling.pretraining_losses(features, mlm_logits, nsp_logits,
+                                       nsp_weights=features[NSP_WEIGHT_KEY])
 
 
 def metrics_from_sums(sums, global_step):
@@ -89,18 +78,14 @@ def metrics_from_sums(sums, global_step):
     which differs slightly when batches hold different numbers of masked
     tokens.)  A mean over nothing (no weight) is 0, as tf.metrics.mean's.
     """
-    def mean(total, count):
-        return float(total) / float(count) if count > 0 else 0.0
-    mlm_loss = mean(sums["mlm_loss_sum"], sums["mlm_weight"])
-    nsp_loss = mean(sums["nsp_loss_sum"], sums["nsp_count"])
+    means = metrics.means_from_sums(sums)
     return {
         "global_step": int(global_step),
-        "loss": mlm_loss + nsp_loss,
-        "masked_lm_accuracy": mean(sums["mlm_correct"], sums["mlm_weight"]),
-        "masked_lm_loss": mlm_loss,
-        "next_sentence_accuracy": mean(sums["nsp_correct"],
-                                       sums["nsp_count"]),
-        "next_sentence_loss": nsp_loss,
+        "loss": means["loss"],
+        "masked_lm_accuracy": means["mlm_accuracy"],
+        "masked_lm_loss": means["mlm_loss"],
+        "next_sentence_accuracy": means["nsp_accuracy"],
+        "next_sentence_loss": means["nsp_loss"],
     }
 
 
@@ -275,16 +260,6 @@ RESULTS_FILE = "eval_results.txt"
 EVAL_SUBDIR = "eval"
 
 _writers = {}
-
-
-def scalar_summary(name, value):
-    """tf.summary.scalar without the tensorboard package: the same record
-    (a float32 tensor tagged for TensorBoard's scalars plugin)."""
-    from tensorflow.core.framework import summary_pb2
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(name, tf.constant(value, tf.float32),
-                     metadata=metadata.SerializeToString())
 
 
 def _format_value(value):

@@ -183,7 +183,8 @@ def define_flags():
                          "same for any value. A call costs the host about "
                          "1.3 ms on a CPU (0.6% of an update of the default "
                          "run), but a round trip on a TPU can cost as much "
-                         "as an update.")
+                         "as an update. SIGTERM/SIGINT end a call after the "
+                         "update in progress (docs/failures.md).")
     # -- evaluation ----------------------------------------------------------------
     flags.DEFINE_enum("mode", "train", config_lib.MODES,
                       "train; eval (evaluate the newest checkpoint in "
@@ -223,6 +224,22 @@ def define_flags():
     flags.DEFINE_integer("seed", 42,
                          "Seed of initialisation, dropout, data order and "
                          "generated examples.")
+    # -- failures (docs/failures.md) -----------------------------------------------
+    flags.DEFINE_float("loss_upper_bound",
+                       config_lib.PretrainConfig.loss_upper_bound,
+                       "An update whose loss (MLM + NSP) is above this, or "
+                       "not finite, counts as divergence: the run goes back "
+                       "to its last good checkpoint (see "
+                       "--recovery_max_trials).")
+    flags.DEFINE_integer("recovery_max_trials",
+                         config_lib.PretrainConfig.recovery_max_trials,
+                         "Times a diverged run goes back to its last good "
+                         "checkpoint and retries before it stops with an "
+                         "error (exit status 3). Training here is "
+                         "deterministic, so a retry helps against a "
+                         "transient fault, not against a learning rate "
+                         "that is too high; 0: stop at the first "
+                         "divergence.")
 
 
 def config_from_flags(values):

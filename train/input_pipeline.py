@@ -11,6 +11,8 @@ import sys
 
 import tensorflow as tf
 
+from train.errors import DataError
+
 
 def feature_spec(max_seq_length, max_predictions):
     ints = lambda n: tf.io.FixedLenFeature([n], tf.int64)  # noqa: E731
@@ -44,11 +46,6 @@ def matching_files(patterns, kind):
             raise ValueError(f"No {kind} matches {pattern!r}")
         files.extend(matched)
     return files
-
-
-class DataError(ValueError):
-    """A TFRecord file that cannot be used; the message is one line that
-    names the file (and the byte offset of the bad record when known)."""
 
 
 # A TFRecord record is framed as: length (uint64, little-endian), a masked

@@ -403,12 +403,14 @@ class BertPretrainer(keras.Model):
         return mlm_logits, nsp_logits
 
 
-def pretraining_losses(features, mlm_logits, nsp_logits):
-    """Per-batch sums for the losses and accuracies.
+def pretraining_losses(features, mlm_logits, nsp_logits, nsp_weights=None):
+    """Per-batch sums for the losses and accuracies (metrics.SUM_NAMES).
 
     Returns a dict of float32 scalars: mlm_loss_sum (over masked tokens,
-    weighted), mlm_weight, mlm_correct, nsp_loss_sum, nsp_count,
-    nsp_correct.  The mean MLM loss is mlm_loss_sum / mlm_weight.
+    weighted by masked_lm_weights), mlm_weight, mlm_correct, nsp_loss_sum,
+    nsp_count, nsp_correct.  `nsp_weights` ([batch], default all 1) weighs
+    each example's next-sentence terms (evaluation gives padding examples
+    0).  The means are taken by `train.metrics`.
     """
     ids = tf.cast(features["masked_lm_ids"], tf.int32)
     weights = tf.cast(features["masked_lm_weights"], tf.float32)
@@ -420,13 +422,22 @@ def pretraining_losses(features, mlm_logits, nsp_logits):
     nsp_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=labels, logits=nsp_logits)
     nsp_predicted = tf.argmax(nsp_logits, axis=-1, output_type=tf.int32)
+    nsp_correct = tf.cast(tf.equal(nsp_predicted, labels), tf.float32)
+    if nsp_weights is None:
+        nsp_sums = (tf.reduce_sum(nsp_loss),
+                    tf.cast(tf.size(labels), tf.float32),
+                    tf.reduce_sum(nsp_correct))
+    else:
+        nsp_weights = tf.reshape(tf.cast(nsp_weights, tf.float32), [-1])
+        nsp_sums = (tf.reduce_sum(nsp_loss * nsp_weights),
+                    tf.reduce_sum(nsp_weights),
+                    tf.reduce_sum(nsp_correct * nsp_weights))
     return {
         "mlm_loss_sum": tf.reduce_sum(per_token * weights),
         "mlm_weight": tf.reduce_sum(weights),
         "mlm_correct": tf.reduce_sum(
             tf.cast(tf.equal(predicted, ids), tf.float32) * weights),
-        "nsp_loss_sum": tf.reduce_sum(nsp_loss),
-        "nsp_count": tf.cast(tf.size(labels), tf.float32),
-        "nsp_correct": tf.reduce_sum(tf.cast(tf.equal(nsp_predicted, labels),
-                                             tf.float32)),
+        "nsp_loss_sum": nsp_sums[0],
+        "nsp_count": nsp_sums[1],
+        "nsp_correct": nsp_sums[2],
     }

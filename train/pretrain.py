@@ -64,9 +64,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from train import create_pretraining_data as cpd  # noqa: E402
+from train import errors  # noqa: E402
 from train import flags as train_flags  # noqa: E402
-from train.config import InputError  # noqa: E402
-from train.input_pipeline import DataError  # noqa: E402
 from train.pretraining import run_pretraining  # noqa: E402
 
 
@@ -81,11 +80,25 @@ def run_from_flags(flag_values):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # One line and an exit status per fault, no traceback
+    # (docs/failures.md).
     try:
         run_from_flags(flags.FLAGS)
-    except (InputError, DataError) as error:
-        # Bad settings or data: one line, no traceback, exit code 1.
+    except (errors.InputError, errors.DataError) as error:
         sys.exit(f"Error: {error}")
+    except errors.Preempted as stop:
+        print(stop, flush=True)
+        sys.exit(stop.exit_status)
+    except (errors.DivergenceError, errors.CheckpointError) as error:
+        print(f"Error: {error}", file=sys.stderr, flush=True)
+        sys.exit(error.exit_status)
+    except KeyboardInterrupt:
+        # Outside the training loop (making examples, the export): nothing
+        # trained is lost.
+        print("Interrupted outside the training loop; rerun the same "
+              "command to go on from the newest checkpoint", file=sys.stderr,
+              flush=True)
+        sys.exit(errors.EXIT_SIGINT)
 
 
 train_flags.define_flags()

@@ -11,28 +11,38 @@ anything is written), make or reuse the examples, build the model and LAMB
 under the strategy, resume from the newest checkpoint in `model_dir`, train
 with logs, TensorBoard summaries and checkpoints, and export the encoder.
 
-Logging, summaries and checkpoints happen after the updates they are due at
-(every `log_steps`, `save_checkpoints_steps` updates, and at the end of each
-phase): one call of the compiled loop runs `steps_per_loop` updates, or fewer
-when one of those is due sooner, so the intervals are the same for any
-`steps_per_loop`.
+The training itself is train/controller.py's: it runs the updates in calls
+of the compiled loop and fires the actions (log, summaries, checkpoints,
+evaluation) at their intervals, and handles preemption and divergence
+(docs/failures.md). This module is the wiring: config -> strategy -> data
+-> trainer -> controller -> result.
 """
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
-import time
 
+import keras
+import tensorflow as tf
+
+from tf_lamb import distribute
+from train import actions
+from train import checkpoints
+from train import create_pretraining_data as cpd
 from train import data
-from train.config import InputError
-from train.evaluation import scalar_summary as _scalar
-
-
-def _format_eta(seconds):
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+from train import evaluation
+from train import export
+from train import input_pipeline
+from train import modeling
+from train import run_checkpoints
+from train import trainer as trainer_lib
+from train.controller import Controller
+# Tests and callers of an earlier version import it from here.
+from train.controller import next_stop as _next_stop  # noqa: F401
+from train.errors import InputError
 
 
 def check_batch_sizes(config, phases, replicas):
@@ -47,29 +57,9 @@ def check_batch_sizes(config, phases, replicas):
                 f"{k}")
 
 
-def _intervals(config):
-    """The update intervals of logs, checkpoints and (train_and_eval)
-    evaluations."""
-    result = [config.log_steps, config.save_checkpoints_steps]
-    if config.mode == "train_and_eval" and config.eval_every_steps:
-        result.append(config.eval_every_steps)
-    return result
-
-
-def _next_stop(step, end, config):
-    """The update after which the loop next hands control back: the end of
-    the phase, or the next update a log, checkpoint or evaluation is due at,
-    at most steps_per_loop updates away."""
-    stop = min(end, step + config.steps_per_loop)
-    for every in _intervals(config):
-        stop = min(stop, (step // every + 1) * every)
-    return stop
-
-
 def make_strategy(config):
-    from tf_lamb.distribute import make_strategy as make
     try:
-        return make(config.strategy, tpu=config.tpu,
+        return distribute.make_strategy(config.strategy, tpu=config.tpu,
                     num_gpus=config.num_gpus)
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -89,8 +79,6 @@ class _Checked:
 def _check_init_checkpoint(config, bert_config, resuming):
     """The --init_checkpoint must fit the model; checked on a model built
     for the check alone, so nothing is written or assigned first."""
-    from train import checkpoints
-    from train import modeling
     if not config.init_checkpoint or resuming:
         return
     if bert_config is None:
@@ -108,9 +96,6 @@ def _check_init_checkpoint(config, bert_config, resuming):
 def _check(config, strategy):
     """Every check of the settings against the data, files and strategy;
     raises InputError before anything is written."""
-    import tensorflow as tf
-    from train import input_pipeline
-    from train import modeling
     phases = config.phases()
     check_batch_sizes(config, phases, strategy.num_replicas_in_sync)
     if config.eval_batch_size % strategy.num_replicas_in_sync:
@@ -118,9 +103,8 @@ def _check(config, strategy):
             f"--eval_batch_size={config.eval_batch_size} is not divisible "
             f"by the {strategy.num_replicas_in_sync} replica(s)")
     bert_config, _ = data.resolve_model(config, phases)
-    latest = None
-    if tf.io.gfile.isdir(config.model_dir):
-        latest = tf.train.latest_checkpoint(config.model_dir)
+    listed = run_checkpoints.listed_checkpoints(config.model_dir)
+    latest = listed[0] if listed else None
     if bert_config is None and config.mode == "eval" and latest:
         saved = data.saved_bert_config(config.model_dir)
         if saved is not None:
@@ -163,14 +147,129 @@ def _check(config, strategy):
 def _reading(files, seq_length, predictions):
     """Turns an error from reading `files` into one DataError naming the
     bad file."""
-    import tensorflow as tf
-    from train import input_pipeline
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
             UnicodeDecodeError) as error:
         raise input_pipeline.data_error(
             error, files, seq_length, predictions) from None
+
+
+
+def _write_run_files(config, checked, chief, work_dir, record_files):
+    """Makes the examples when the data is text, and writes the model's
+    config, vocabulary and `record_files` into model_dir (the chief only);
+    returns (phases with their files, vocab file, BertConfig)."""
+    phases, bert_config = checked.phases, checked.bert_config
+    model_dir, vocab_file = config.model_dir, config.vocab_file
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+    if checked.source is not None:
+        phases, vocab_file = data.prepare_examples(
+            os.path.join(work_dir, "data"), checked.source, phases, config,
+            bert_config)
+    if bert_config is None:
+        bert_config = modeling.BertConfig.for_size(
+            config.model_size_name, len(cpd.read_vocab(vocab_file)))
+        data.check_model_dir(config, bert_config)
+    if not (chief and config.trains):
+        return phases, vocab_file, bert_config
+    files = dict(record_files or {})
+    files["bert_config.json"] = bert_config.to_json_string()
+    for name, text in files.items():
+        with tf.io.gfile.GFile(os.path.join(model_dir, name), "w") as fh:
+            fh.write(text)
+    if vocab_file and os.path.abspath(vocab_file) != os.path.abspath(
+            os.path.join(model_dir, "vocab.txt")):
+        tf.io.gfile.copy(vocab_file, os.path.join(model_dir, "vocab.txt"),
+                         overwrite=True)
+    return phases, vocab_file, bert_config
+
+
+def _restore_or_initialise(config, trainer, saved):
+    """Resumes from the newest readable checkpoint in model_dir, else
+    loads --init_checkpoint's weights; returns the update to start from."""
+    latest = saved.restore_newest(config.model_dir,
+                                  partial=not config.trains)
+    if latest:
+        print(f"Resumed from {latest}" + (
+            " (--init_checkpoint is only for a run's start: not loaded)"
+            if config.init_checkpoint else ""), flush=True)
+    elif config.init_checkpoint:
+        variables, parameters = checkpoints.init_from_checkpoint(
+            trainer.model, config.init_checkpoint)
+        print(f"Initialised {variables} variables ({parameters:,} "
+              f"parameters) from {config.init_checkpoint}", flush=True)
+    return int(trainer.step.numpy())
+
+
+def _evaluation(config, checked, trainer, chief):
+    """evaluate(step) -> metrics, writing eval_results.txt on the chief;
+    None when the mode does not evaluate."""
+    if not config.evaluates:
+        return None
+    evaluator = evaluation.Evaluator(
+        trainer.model, trainer.strategy, checked.eval_files,
+        config.eval_batch_size, config.max_seq_length,
+        config.max_predictions_per_seq, max_steps=config.max_eval_steps,
+        jit_compile=config.jit_compile)
+
+    def evaluate(step):
+        with _reading(checked.eval_files, config.max_seq_length,
+                      config.max_predictions_per_seq):
+            metrics = evaluator.evaluate(step)
+        if chief:
+            evaluation.write_eval_results(config.model_dir, metrics)
+        return metrics
+    return evaluate
+
+
+def _print_start(config, trainer, start_step):
+    bert = trainer.bert_config
+    params = sum(int(tf.size(v)) for v in trainer.variables)
+    total = config.num_train_steps
+    print(f"BERT {bert.num_hidden_layers} layers, hidden {bert.hidden_size}, "
+          f"vocab {bert.vocab_size}: {params:,} parameters; "
+          f"{config.strategy} strategy ({trainer.strategy.__class__.__name__})"
+          f" with {trainer.replicas} replica(s); steps {start_step} -> "
+          f"{total}", flush=True)
+    if start_step >= total:
+        print(f"Training is complete (step {start_step} of --num_train_steps="
+              f"{total}); only the export is redone", flush=True)
+
+
+def _print_summary(history):
+    if history:
+        first, last = history[0], history[-1]
+        print(f"MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> "
+              f"{last['mlm_loss']:.3f} (step {last['step']}); MLM accuracy "
+              f"{first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}",
+              flush=True)
+
+
+def _result(step, history, examples_per_second, eval_metrics, export_dir,
+            **run):
+    last = history[-1] if history else {}
+    return dict({key: last.get(key) for key in (
+        "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy",
+        "learning_rate")}, step=step, examples_per_second=examples_per_second,
+        history=history, eval=eval_metrics, export_dir=export_dir,
+        skipped_updates=int(run["trainer"].skipped_updates.numpy()), **run)
+
+
+def _controller(config, trainer, phases, saved, guard, evaluate, chief):
+    """The controller and its log action (for the history)."""
+    writer = (tf.summary.create_file_writer(
+        os.path.join(config.model_dir, "train")) if chief
+        else tf.summary.create_noop_writer())
+    log = actions.LogAction(trainer, config, writer, chief)
+    due = [log, actions.CheckpointAction(saved, config)]
+    if evaluate and config.eval_every_steps:
+        due.append(actions.EvalAction(evaluate, config, log))
+    return Controller(
+        trainer, config, phases, due, saved, guard,
+        lambda phase: _reading(phase.files, phase.seq_length,
+                               phase.predictions)), log
 
 
 def run_pretraining(config, strategy=None, record_files=None,
@@ -196,208 +295,62 @@ def run_pretraining(config, strategy=None, record_files=None,
         A dict: `step` (updates done), `mlm_loss`, `mlm_accuracy`,
         `nsp_loss`, `nsp_accuracy` and `learning_rate` of the last logging
         interval (None when no update ran), `examples_per_second` over the
-        updates of this call, `history` (one such dict per logging
-        interval), `eval` (the newest evaluation's metrics, as in
+        updates of this call, `skipped_updates` (updates whose gradients
+        were not finite, over the whole run), `history` (one such dict per
+        logging interval), `eval` (the newest evaluation's metrics, as in
         eval_results.txt, or None), `start_step`, `export_dir`,
         `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
         for its model and optimizer).
 
-    Raises:
+    Raises (train.errors; docs/failures.md):
         InputError: bad settings or data, before anything is written.
-        input_pipeline.DataError: a record that cannot be read, found while
-            training or evaluating (checkpoints saved before it are kept).
+        DataError: a record that cannot be read, found while training or
+            evaluating (checkpoints saved before it are kept).
+        Preempted: SIGTERM or SIGINT; a checkpoint was saved first.
+        DivergenceError: the loss diverged after every recovery trial.
+        CheckpointError: a checkpoint that cannot be written, or none in
+            model_dir that can be read.
     """
-    import keras
-    import tensorflow as tf
-    from train import checkpoints
-    from train import evaluation
-    from train import export
-    from train import modeling
-    from train import trainer as trainer_lib
-
-    if strategy is None:
-        strategy = make_strategy(config)
+    strategy = strategy or make_strategy(config)
     checked = _check(config, strategy)
-    phases, bert_config = checked.phases, checked.bert_config
-
     # -- from here on, files are written ---------------------------------------
     chief = trainer_lib.is_chief(strategy)
-    model_dir = config.model_dir
-    work_dir = model_dir if chief else tempfile.mkdtemp(prefix="worker_")
-    if chief:
-        tf.io.gfile.makedirs(model_dir)
-    vocab_file = config.vocab_file
-    if checked.source is not None:
-        phases, vocab_file = data.prepare_examples(
-            os.path.join(work_dir, "data"), checked.source, phases, config,
-            bert_config)
-    if bert_config is None:
-        from train import create_pretraining_data as cpd
-        bert_config = modeling.BertConfig.for_size(
-            config.model_size_name, len(cpd.read_vocab(vocab_file)))
-        data.check_model_dir(config, bert_config)
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
-    if chief and config.trains:
-        with tf.io.gfile.GFile(os.path.join(model_dir, "bert_config.json"),
-                               "w") as fh:
-            fh.write(bert_config.to_json_string())
-        if vocab_file and os.path.abspath(vocab_file) != os.path.abspath(
-                os.path.join(model_dir, "vocab.txt")):
-            tf.io.gfile.copy(vocab_file, os.path.join(model_dir, "vocab.txt"),
-                             overwrite=True)
-        for name, text in (record_files or {}).items():
-            with tf.io.gfile.GFile(os.path.join(model_dir, name), "w") as fh:
-                fh.write(text)
-
-    trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
-                                  optimizer_fn)
-    save_dir = model_dir if chief else os.path.join(work_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(
-        trainer.checkpoint, save_dir, max_to_keep=config.keep_checkpoint_max)
-    latest = checked.latest
-    if latest:
-        status = trainer.checkpoint.restore(latest)
-        if config.trains:
-            status.assert_existing_objects_matched()
-        else:
-            status.expect_partial()
-        print(f"Resumed from {latest}" + (
-            " (--init_checkpoint is only for a run's start: not loaded)"
-            if config.init_checkpoint else ""), flush=True)
-    elif config.init_checkpoint:
-        variables, parameters = checkpoints.init_from_checkpoint(
-            trainer.model, config.init_checkpoint)
-        print(f"Initialised {variables} variables ({parameters:,} "
-              f"parameters) from {config.init_checkpoint}", flush=True)
-    start_step = int(trainer.step.numpy())
-
-    evaluator = None
-    if config.evaluates:
-        evaluator = evaluation.Evaluator(
-            trainer.model, strategy, checked.eval_files,
-            config.eval_batch_size, config.max_seq_length,
-            config.max_predictions_per_seq, max_steps=config.max_eval_steps,
-            jit_compile=config.jit_compile)
-
-    def evaluate(step):
-        with _reading(checked.eval_files, config.max_seq_length,
-                      config.max_predictions_per_seq):
-            metrics = evaluator.evaluate(step)
-        if chief:
-            evaluation.write_eval_results(model_dir, metrics)
-        return metrics
-
-    def result(step, history, examples_per_second, eval_metrics,
-               export_dir):
-        last = history[-1] if history else {}
-        return dict(
-            {key: last.get(key) for key in (
-                "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy",
-                "learning_rate")},
-            step=step, examples_per_second=examples_per_second,
-            history=history, eval=eval_metrics, start_step=start_step,
-            export_dir=export_dir, vocab_file=vocab_file,
+    work_dir = (config.model_dir if chief
+                else tempfile.mkdtemp(prefix="worker_"))
+    try:
+        phases, vocab_file, bert_config = _write_run_files(
+            config, checked, chief, work_dir, record_files)
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+        trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
+                                      optimizer_fn)
+        saved = run_checkpoints.RunCheckpoints(
+            trainer, config.model_dir if chief
+            else os.path.join(work_dir, "checkpoints"),
+            config.keep_checkpoint_max)
+        start_step = _restore_or_initialise(config, trainer, saved)
+        evaluate = _evaluation(config, checked, trainer, chief)
+        result = functools.partial(
+            _result, start_step=start_step, vocab_file=vocab_file,
             bert_config=bert_config, trainer=trainer)
-
-    if config.mode == "eval":
-        return result(start_step, [], None, evaluate(start_step), None)
-
-    total = config.num_train_steps
-    writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-              if chief else tf.summary.create_noop_writer())
-    paths = [v.path for v in trainer.variables]
-    params = sum(int(tf.size(v)) for v in trainer.variables)
-    print(f"BERT {bert_config.num_hidden_layers} layers, hidden "
-          f"{bert_config.hidden_size}, vocab {bert_config.vocab_size}: "
-          f"{params:,} parameters; {config.strategy} strategy "
-          f"({strategy.__class__.__name__}) with "
-          f"{trainer.replicas} replica(s); steps {start_step} -> {total}",
-          flush=True)
-
-    if start_step >= total:
-        print(f"Training is complete (step {start_step} of --num_train_steps="
-              f"{total}); only the export is redone", flush=True)
-    history, eval_metrics = [], None
-    step = start_step
-    boundaries = [0]
-    for phase in phases:
-        boundaries.append(boundaries[-1] + phase.steps)
-    run_started, examples_seen = time.time(), 0
-    while step < total:
-        index = max(i for i in range(len(phases)) if boundaries[i] <= step)
-        phase = phases[index]
-        end = boundaries[index + 1]
-        iterator = trainer.distributed_iterator(index, step - boundaries[index])
-        if len(phases) > 1:
-            print(f"Phase {index + 1}: steps {step} -> {end}, "
-                  f"{phase.seq_length} tokens, batch {phase.batch_size}",
-                  flush=True)
-        trainer.reset_stats()
-        interval_start, interval_step = time.time(), step
-        while step < end:
-            stop = _next_stop(step, end, config)
-            with _reading(phase.files, phase.seq_length, phase.predictions):
-                trainer.train_loop(iterator, stop - step)
-            examples_seen += (stop - step) * phase.batch_size
-            step = stop
-            if step % config.log_steps == 0 or step == end:
-                stats = trainer.read_stats()
-                elapsed = time.time() - interval_start
-                steps_done = step - interval_step
-                rate = steps_done * phase.batch_size / max(elapsed, 1e-9)
-                eta = (total - step) * elapsed / max(steps_done, 1)
-                lr = trainer.learning_rate(step - 1)
-                record = {"step": step, "mlm_loss": stats["mlm_loss"],
-                          "nsp_loss": stats["nsp_loss"],
-                          "mlm_accuracy": stats["mlm_accuracy"],
-                          "nsp_accuracy": stats["nsp_accuracy"],
-                          "learning_rate": lr, "examples_per_second": rate}
-                history.append(record)
-                if chief:
-                    print(f"step {step:>6}/{total}  mlm_loss "
-                          f"{stats['mlm_loss']:.4f}  nsp_loss "
-                          f"{stats['nsp_loss']:.4f}  mlm_acc "
-                          f"{stats['mlm_accuracy']:.4f}  lr {lr:.3e}  "
-                          f"examples/s {rate:.1f}  eta {_format_eta(eta)}",
-                          flush=True)
-                with writer.as_default(step=step):
-                    for name in ("mlm_loss", "nsp_loss", "mlm_accuracy",
-                                 "nsp_accuracy", "learning_rate",
-                                 "examples_per_second"):
-                        _scalar(name, record[name])
-                    _scalar("loss", record["mlm_loss"] + record["nsp_loss"])
-                    for path, w, g, ratio in zip(
-                            paths, stats["weight_norms"], stats["grad_norms"],
-                            stats["trust_ratios"]):
-                        _scalar(f"weight_norm/{path}", w)
-                        _scalar(f"grad_norm/{path}", g)
-                        if ratio is not None:
-                            _scalar(f"trust_ratio/{path}", ratio)
-                writer.flush()
-                interval_start, interval_step = time.time(), step
-            if step % config.save_checkpoints_steps == 0 or step == total:
-                manager.save(checkpoint_number=step)
-            if evaluator is not None and step < total and (
-                    config.eval_every_steps
-                    and step % config.eval_every_steps == 0):
-                eval_metrics = evaluate(step)
-                interval_start = time.time()
-    train_seconds = time.time() - run_started
-    if evaluator is not None:
-        eval_metrics = evaluate(step)
-    export_path = config.export_path
-    if export_path:
-        target = export_path if chief else os.path.join(work_dir, "export")
-        export.export_encoder(trainer.model.encoder, target)
+        if config.mode == "eval":
+            return result(start_step, [], None, evaluate(start_step), None)
+        _print_start(config, trainer, start_step)
+        with run_checkpoints.DivergenceGuard(trainer, saved, config) as guard:
+            controller, log = _controller(config, trainer, phases, saved,
+                                          guard, evaluate, chief)
+            step = controller.train(start_step)
+        eval_metrics = evaluate(step) if evaluate else None
+        if config.export_path:
+            export.export_encoder(trainer.model.encoder, config.export_path
+                                  if chief else os.path.join(work_dir,
+                                                             "export"))
+            if chief:
+                print(f"Exported the encoder to {config.export_path}",
+                      flush=True)
         if chief:
-            print(f"Exported the encoder to {export_path}", flush=True)
-    if not chief:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    if history and chief:
-        first, last = history[0], history[-1]
-        print(f"MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> "
-              f"{last['mlm_loss']:.3f} (step {last['step']}); MLM accuracy "
-              f"{first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}",
-              flush=True)
-    return result(step, history, examples_seen / max(train_seconds, 1e-9),
-                  eval_metrics, export_path)
+            _print_summary(log.history)
+        return result(step, log.history, controller.examples_seen / max(
+            controller.train_seconds, 1e-9), eval_metrics, config.export_path)
+    finally:
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)

@@ -11,8 +11,18 @@ micro-batches taken from the distributed iterator. Many updates per call
 throughput on TPUs; the updates themselves are the same whatever the count
 per call, since the data order and every dropout seed depend only on the
 update and micro-batch numbers.
+
+After every update the replicas agree, in one all-reduce, on what the
+controller must know at once: whether the update's gradients were not
+finite (LAMB and the loss-scale optimizer skip such an update; it is
+counted in `skipped_updates`), whether its loss diverged (not finite, or
+above `loss_upper_bound`), and whether a stop was requested on any worker
+(`request_stop`, called from a signal handler's thread). A diverged update
+or a stop request ends the call after that update, on every worker at the
+same update; `train_loop` returns what happened.
 """
 
+import dataclasses
 import math
 
 import keras
@@ -20,8 +30,25 @@ import tensorflow as tf
 
 from tf_lamb import Lamb
 from train import input_pipeline
+from train import metrics
 from train import modeling
 from train import optimization
+
+# What each update's all-reduce carries, in this order.
+_SIGNALS = ("nonfinite_gradients", "mlm_loss_sum", "mlm_weight",
+            "nsp_loss_sum", "nsp_count", "stop_requests")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOutcome:
+    """What one `train_loop` call did: `updates` run (fewer than asked
+    when it stopped early), and the last update's signals: `stop_requested`
+    (on some worker), `diverged`, and its `loss` (MLM + NSP)."""
+
+    updates: int
+    stop_requested: bool
+    diverged: bool
+    loss: float
 
 
 def make_schedule(config, phases):
@@ -58,8 +85,7 @@ def input_pipelines(strategy):
 class Trainer:
     """Model, optimizer, compiled steps and metrics under one strategy."""
 
-    STATS = ("mlm_loss_sum", "mlm_weight", "mlm_correct", "nsp_loss_sum",
-             "nsp_count", "nsp_correct")
+    STATS = metrics.SUM_NAMES
 
     def __init__(self, config, strategy, bert_config, phases,
                  optimizer_fn=None):
@@ -98,9 +124,22 @@ class Trainer:
                             for i in range(len(
                                 self.model.trainable_variables))]
             self.grad_count = tf.Variable(0.0, name="grad_count", **on_read)
+            self._update_sums = tf.Variable(tf.zeros([len(_SIGNALS) - 1]),
+                                            name="update_sums", **on_read)
+            self.skipped_updates = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="skipped_updates")
+            # Set from a signal handler's thread; read by every update.
+            self._stop_request = tf.Variable(0.0, trainable=False,
+                                             name="stop_request")
+            # The last update's signals, its loss and whether it diverged.
+            self._last_signals = tf.Variable(tf.zeros([len(_SIGNALS) + 2]),
+                                             trainable=False,
+                                             name="last_signals")
+        self.loss_upper_bound = float(config.loss_upper_bound)
         self.variables = self.model.trainable_variables
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step)
+            model=self.model, optimizer=self.optimizer, step=self.step,
+            skipped_updates=self.skipped_updates)
         self.static_scale = config.loss_scale_factor
         self._compiled = tf.function(self._forward_backward,
                                      jit_compile=config.jit_compile,
@@ -119,25 +158,22 @@ class Trainer:
                                                 seed=seed)
             stats = modeling.pretraining_losses(features, mlm_logits,
                                                 nsp_logits)
-            mlm = stats["mlm_loss_sum"] / (stats["mlm_weight"] + 1e-5)
-            nsp = stats["nsp_loss_sum"] / stats["nsp_count"]
-            # LAMB sums the replicas' gradients: each replica's share is
-            # 1/replicas of the mean loss.
-            loss = (mlm + nsp) / self.replicas
+            loss = metrics.training_objective(stats, self.replicas)
             if self.loss_scaling:
                 loss = self.optimizer.scale_loss(loss)
             elif self.static_scale:
                 loss = loss * self.static_scale
         grads = tape.gradient(loss, self.variables)
         grads = [tf.convert_to_tensor(g) for g in grads]
-        # Squared norms of this replica's gradient of the mean loss.
-        factor = float(self.replicas) ** 2
+        # Squared norms of this replica's gradient of the mean loss, unscaled
+        # before squaring: the square of a scaled gradient can overflow.
+        unscale = float(self.replicas)
         if self.loss_scaling:
-            factor = factor / tf.square(tf.cast(
-                self.optimizer.dynamic_scale, tf.float32))
+            unscale = unscale / tf.cast(self.optimizer.dynamic_scale,
+                                        tf.float32)
         elif self.static_scale:
-            factor = factor / self.static_scale ** 2
-        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) * factor
+            unscale = unscale / self.static_scale
+        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32) * unscale))
                    for g in grads]
         return grads, stats, squares
 
@@ -156,21 +192,65 @@ class Trainer:
         for variable, square in zip(self.grad_sq, squares):
             variable.assign_add(square)
         self.grad_count.assign_add(1.0)
+        # The quantity LAMB tests before it applies an update: the sum of
+        # the squared gradients.
+        nonfinite = tf.cast(tf.logical_not(tf.math.is_finite(
+            tf.add_n(squares))), tf.float32)
+        self._update_sums.assign_add(tf.stack(
+            [nonfinite] + [stats[name] for name in _SIGNALS[1:-1]]))
+
+    def _take_update_sums(self):
+        sums = self._update_sums.read_value()
+        self._update_sums.assign(tf.zeros_like(sums))
+        return tf.concat([sums, [self._stop_request.read_value()]], 0)
 
     def _one_update(self, iterator):
+        """One update; returns whether the loop must stop after it."""
         first = self.accumulation.first_call(self.step.read_value())
         for i in tf.range(self.accumulation.steps, dtype=tf.int64):
             self.strategy.run(self._replica_step,
                               args=(next(iterator), first + i))
         self.step.assign_add(1)
+        signals = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            self.strategy.run(self._take_update_sums), axis=None)
+        nonfinite, mlm_sum, mlm_weight, nsp_sum, nsp_count, stop = (
+            tf.unstack(signals))
+        self.skipped_updates.assign_add(tf.cast(nonfinite > 0, tf.int64))
+        loss = (tf.math.divide_no_nan(mlm_sum, mlm_weight)
+                + tf.math.divide_no_nan(nsp_sum, nsp_count))
+        diverged = tf.logical_or(tf.logical_not(tf.math.is_finite(loss)),
+                                 loss > self.loss_upper_bound)
+        self._last_signals.assign(tf.concat(
+            [signals, [loss, tf.cast(diverged, tf.float32)]], 0))
+        return tf.logical_or(stop > 0, diverged)
 
     def _train_updates(self, iterator, updates):
         for _ in tf.range(updates):
-            self._one_update(iterator)
+            if self._one_update(iterator):
+                break
 
     def train_loop(self, iterator, updates=1):
-        """Runs `updates` optimizer updates in one call."""
+        """Runs up to `updates` optimizer updates in one call; stops after
+        an update that diverged or that saw a stop request. Returns a
+        LoopOutcome."""
+        before = int(self.step.numpy())
         self._train_loop(iterator, tf.constant(updates, tf.int64))
+        *signals, loss, diverged = self._last_signals.numpy().tolist()
+        return LoopOutcome(
+            updates=int(self.step.numpy()) - before,
+            stop_requested=dict(zip(_SIGNALS, signals))["stop_requests"] > 0,
+            diverged=bool(diverged), loss=loss)
+
+    def request_stop(self):
+        """Asks the running (or next) `train_loop` call to stop after the
+        update in progress; safe to call from any thread."""
+        self._stop_request.assign(1.0)
+
+    def weights_finite(self):
+        """Whether every weight is finite (checked before each save)."""
+        return all(math.isfinite(n) for n in
+                   (float(x) for x in self._weight_norms()))
 
     def _reset_stats(self):
         def reset():
@@ -184,17 +264,18 @@ class Trainer:
     def read_stats(self):
         """Means since the last reset, then a reset; every worker must call
         it."""
-        s = {name: float(v.numpy()) for name, v in self.stats.items()}
+        sums = {name: float(v.numpy()) for name, v in self.stats.items()}
+        means = metrics.means_from_sums(sums)
         count = max(float(self.grad_count.numpy()), 1.0)
         w_norms = [float(n) for n in self._weight_norms()]
         g_norms = [math.sqrt(max(float(g.numpy()), 0.0) / count)
                    for g in self.grad_sq]
         self.reset_stats()
         return {
-            "mlm_loss": s["mlm_loss_sum"] / max(s["mlm_weight"], 1e-5),
-            "nsp_loss": s["nsp_loss_sum"] / max(s["nsp_count"], 1e-5),
-            "mlm_accuracy": s["mlm_correct"] / max(s["mlm_weight"], 1e-5),
-            "nsp_accuracy": s["nsp_correct"] / max(s["nsp_count"], 1e-5),
+            "mlm_loss": means["mlm_loss"],
+            "nsp_loss": means["nsp_loss"],
+            "mlm_accuracy": means["mlm_accuracy"],
+            "nsp_accuracy": means["nsp_accuracy"],
             "weight_norms": w_norms,
             "grad_norms": g_norms,
             # LAMB's own phi = ||w|| / ||r|| of the last update (none for

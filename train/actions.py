@@ -1,0 +1,144 @@
+"""What the controller does between calls of the compiled training loop,
+each at its own interval: the log line and summaries, the checkpoint, the
+evaluation (train/controller.py fires them; the preemption and divergence
+handling live there and in train/run_checkpoints.py).
+
+Each action has `due(step, phase_end)` and `__call__(step)`; `begin(step,
+phase)` tells it a phase (or a stretch after a recovery) starts.
+"""
+
+import time
+
+from train.metrics import scalar_summary
+
+# More skipped updates than this share of a log interval's updates draws a
+# warning: dynamic loss scaling skips a few while it finds its scale, a
+# healthy run few afterwards.
+SKIPPED_WARNING_SHARE = 0.1
+
+_LOGGED = ("mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy",
+           "learning_rate", "examples_per_second", "skipped_updates")
+
+
+def format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LogAction:
+    """Every --log_steps updates and at the end of each phase: one line on
+    the chief, TensorBoard scalars (train/<name>, per-variable norms and
+    trust ratios) and a record in `history`."""
+
+    def __init__(self, trainer, config, writer, chief):
+        self.trainer = trainer
+        self.every = config.log_steps
+        self.total = config.num_train_steps
+        self.writer = writer
+        self.chief = chief
+        self.history = []
+        self.paths = [v.path for v in trainer.variables]
+        self.batch_size = None
+
+    def begin(self, step, phase):
+        self.batch_size = phase.batch_size
+        self._restart(step)
+
+    def _restart(self, step):
+        self._started, self._start_step = time.time(), step
+        self._skipped_before = int(self.trainer.skipped_updates.numpy())
+
+    def exclude(self, seconds):
+        """Leaves `seconds` (an evaluation's) out of the interval's time."""
+        self._started += seconds
+
+    def due(self, step, phase_end):
+        return step % self.every == 0 or step == phase_end
+
+    def __call__(self, step):
+        stats = self.trainer.read_stats()
+        elapsed = time.time() - self._started
+        updates = step - self._start_step
+        skipped_total = int(self.trainer.skipped_updates.numpy())
+        skipped = skipped_total - self._skipped_before
+        record = {"step": step, "learning_rate": self.trainer.learning_rate(
+                      step - 1),
+                  "examples_per_second": updates * self.batch_size / max(
+                      elapsed, 1e-9),
+                  "skipped_updates": skipped_total}
+        for name in ("mlm_loss", "nsp_loss", "mlm_accuracy",
+                     "nsp_accuracy"):
+            record[name] = stats[name]
+        self.history.append(record)
+        if self.chief:
+            eta = (self.total - step) * elapsed / max(updates, 1)
+            print(f"step {step:>6}/{self.total}  mlm_loss "
+                  f"{record['mlm_loss']:.4f}  nsp_loss "
+                  f"{record['nsp_loss']:.4f}  mlm_acc "
+                  f"{record['mlm_accuracy']:.4f}  lr "
+                  f"{record['learning_rate']:.3e}  examples/s "
+                  f"{record['examples_per_second']:.1f}  skipped "
+                  f"{skipped_total}  eta {format_eta(eta)}", flush=True)
+            if updates and skipped > SKIPPED_WARNING_SHARE * updates:
+                print(f"Warning: {skipped} of the {updates} updates up to "
+                      f"{step} were skipped (gradients not finite)",
+                      flush=True)
+        self._write_summaries(step, record, stats)
+        self._restart(step)
+
+    def _write_summaries(self, step, record, stats):
+        with self.writer.as_default(step=step):
+            for name in _LOGGED:
+                scalar_summary(name, record[name])
+            scalar_summary("loss", record["mlm_loss"] + record["nsp_loss"])
+            for path, weight, grad, ratio in zip(
+                    self.paths, stats["weight_norms"], stats["grad_norms"],
+                    stats["trust_ratios"]):
+                scalar_summary(f"weight_norm/{path}", weight)
+                scalar_summary(f"grad_norm/{path}", grad)
+                if ratio is not None:
+                    scalar_summary(f"trust_ratio/{path}", ratio)
+        self.writer.flush()
+
+
+class CheckpointAction:
+    """Every --save_checkpoints_steps updates and after the last one."""
+
+    def __init__(self, checkpoints, config):
+        self.checkpoints = checkpoints
+        self.every = config.save_checkpoints_steps
+        self.total = config.num_train_steps
+
+    def begin(self, step, phase):
+        del step, phase
+
+    def due(self, step, phase_end):
+        del phase_end
+        return step % self.every == 0 or step == self.total
+
+    def __call__(self, step):
+        self.checkpoints.save(step)
+
+
+class EvalAction:
+    """With --mode=train_and_eval: every --eval_every_steps updates (the
+    final evaluation, after the last update, is the run's own)."""
+
+    def __init__(self, evaluate, config, log_action):
+        self.evaluate = evaluate
+        self.every = config.eval_every_steps
+        self.total = config.num_train_steps
+        self.log_action = log_action
+        self.newest = None
+
+    def begin(self, step, phase):
+        del step, phase
+
+    def due(self, step, phase_end):
+        del phase_end
+        return step < self.total and step % self.every == 0
+
+    def __call__(self, step):
+        started = time.time()
+        self.newest = self.evaluate(step)
+        self.log_action.exclude(time.time() - started)

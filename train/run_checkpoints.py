@@ -1,0 +1,169 @@
+"""The run's own checkpoints in --model_dir: restoring with a fallback to an
+older one, saving with checks, and the state a diverged run goes back to.
+
+(`train/checkpoints.py` is the other direction: reading Google's and other
+runs' checkpoints into a model.)
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from train.errors import CheckpointError
+from train.errors import DivergenceError
+
+
+def listed_checkpoints(directory):
+    """The checkpoints the `checkpoint` state file of `directory` lists,
+    newest first (whether or not their files are intact)."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths) or [
+        state.model_checkpoint_path]
+    return [p if os.path.isabs(p) else os.path.join(directory, p)
+            for p in reversed(paths)]
+
+
+# TensorFlow's decorations of an op's error message.
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
+
+
+def _first_line(error):
+    message = _TF_NOISE.sub("", getattr(error, "message", None)
+                            or str(error)).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+class RunCheckpoints:
+    """Saves and restores `trainer.checkpoint` in `directory`.
+
+    `newest` is the path of the newest checkpoint known to be good (saved
+    or restored by this object), or None.
+    """
+
+    def __init__(self, trainer, directory, max_to_keep):
+        self.trainer = trainer
+        self.directory = directory
+        self.manager = tf.train.CheckpointManager(
+            trainer.checkpoint, directory, max_to_keep=max_to_keep)
+        self.newest = None
+
+    def restore(self, path, partial=False):
+        """Restores `path`; raises what TensorFlow raises for an unreadable
+        one (OpError, IndexError for a truncated file, ...) or
+        AssertionError (another model's)."""
+        status = self.trainer.checkpoint.restore(path)
+        if partial:
+            status.expect_partial()
+        else:
+            status.assert_existing_objects_matched()
+        self.newest = path
+        return path
+
+    def restore_newest(self, directory, partial=False):
+        """Restores the newest readable checkpoint the state file of
+        `directory` lists, warning for each newer one that cannot be read;
+        returns its path, or None when none is listed. Raises
+        CheckpointError when every listed checkpoint fails."""
+        listed = listed_checkpoints(directory)
+        failures = []
+        for path in listed:
+            try:
+                self.restore(path, partial)
+            # TensorFlow's reader raises many types for a damaged file; a
+            # restore that fails part-way is overwritten by the next one.
+            except Exception as error:  # pylint: disable=broad-except
+                failures.append((path, _first_line(error)))
+                continue
+            for bad, problem in failures:
+                print(f"Warning: checkpoint {bad} cannot be read ({problem});"
+                      f" resuming from the previous one, {path}", flush=True)
+            return path
+        if failures:
+            raise CheckpointError(
+                f"No checkpoint in {directory} can be read: "
+                + "; ".join(f"{p}: {why}" for p, why in failures)
+                + ". Move them aside to start afresh, or restore "
+                  "the files from a copy")
+        return None
+
+    def save(self, step):
+        """Saves the state of update `step`; returns its path. Raises
+        DivergenceError (nothing written) when a weight is not finite, and
+        CheckpointError when the write fails (the previous checkpoint
+        stays the newest listed)."""
+        if not self.trainer.weights_finite():
+            raise DivergenceError(
+                f"A weight is not finite after update {step}; no checkpoint "
+                f"was written (the newest good one is {self.newest}). Lower "
+                f"--learning_rate and rerun")
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as error:
+            target = os.path.join(self.directory, f"ckpt-{step}")
+            raise CheckpointError(
+                f"Cannot write checkpoint {target} ({_first_line(error)}); "
+                f"the newest checkpoint is still "
+                f"{self.newest or 'none'}. Make {self.directory} writable "
+                f"(space, permissions), then rerun to resume")
+        self.newest = path
+        return path
+
+
+class DivergenceGuard:
+    """Sends a diverged run back to its newest good checkpoint (or, before
+    the first one, to the state it started from), at most `max_trials`
+    times; then raises DivergenceError."""
+
+    def __init__(self, trainer, checkpoints, config):
+        self.trainer = trainer
+        self.checkpoints = checkpoints
+        self.config = config
+        self.trials = 0
+        self._start_dir = None
+
+    def __enter__(self):
+        if self.config.recovery_max_trials and (
+                self.checkpoints.newest is None):
+            self._start_dir = tempfile.mkdtemp(prefix="start_state_")
+            self._start = self.trainer.checkpoint.write(
+                os.path.join(self._start_dir, "start"))
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._start_dir:
+            shutil.rmtree(self._start_dir, ignore_errors=True)
+        return False
+
+    def recover(self, step, loss):
+        """Restores the recovery point after update `step` diverged with
+        `loss`; returns the update restored."""
+        rate = self.trainer.learning_rate(step - 1)
+        back_to = self.checkpoints.newest or (
+            self._start if self._start_dir else None)
+        if self.trials >= self.config.recovery_max_trials or not back_to:
+            resume = (f"rerun to resume from {self.checkpoints.newest}"
+                      if self.checkpoints.newest else "rerun")
+            raise DivergenceError(
+                f"Training diverged at update {step}: loss {loss:.4g} "
+                f"(limit --loss_upper_bound={self.config.loss_upper_bound:g})"
+                f" at learning rate {rate:.4g}, after {self.trials} "
+                f"recovery trial(s). Lower --learning_rate (or lengthen "
+                f"--warmup_steps), then {resume}")
+        self.trials += 1
+        if back_to == self.checkpoints.newest:
+            self.checkpoints.restore(back_to)
+        else:
+            self.trainer.checkpoint.read(back_to).assert_existing_objects_matched()
+        restored = int(self.trainer.step.numpy())
+        print(f"Warning: loss {loss:.4g} at update {step} (learning rate "
+              f"{rate:.4g}); back to update {restored} ({back_to}), trial "
+              f"{self.trials} of {self.config.recovery_max_trials}",
+              flush=True)
+        return restored
