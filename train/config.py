@@ -31,6 +31,7 @@ MODES = ("train", "eval", "train_and_eval")
 
 # Without an explicit warmup: this many updates, or, when phase 1 is shorter
 # than that, this share of it (as 50 is of the default 500 updates).
+DEFAULT_MODEL_SIZE = "tiny"
 DEFAULT_WARMUP_STEPS = 50
 DEFAULT_WARMUP_SHARE = 0.1
 DEFAULT_GLOBAL_CLIPNORM = 1.0
@@ -160,7 +161,7 @@ class PretrainConfig:
 
     @property
     def model_size_name(self):
-        return self.model_size or "tiny"
+        return self.model_size or DEFAULT_MODEL_SIZE
 
     @property
     def phase1_steps(self):

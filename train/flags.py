@@ -17,157 +17,198 @@ from train.modeling import MODEL_SIZES
 # Settings whose default depends on others: the config resolves them when
 # the flag was not given (see PretrainConfig).
 _UNSET_WHEN_ABSENT = ("model_size", "warmup_steps", "global_clipnorm")
+_RESOLVED_DEFAULTS = {
+    "model_size": config_lib.DEFAULT_MODEL_SIZE,
+    "warmup_steps": config_lib.DEFAULT_WARMUP_STEPS,
+    "global_clipnorm": config_lib.DEFAULT_GLOBAL_CLIPNORM,
+}
+_CONFIG_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(config_lib.PretrainConfig)}
+
+
+def _default(name):
+    """The default of flag `name`: PretrainConfig's, written once there.
+    Settings the config resolves from others show their usual value; a
+    tuple becomes the list (or None, if empty) that absl's list flags take.
+    """
+    if name in _RESOLVED_DEFAULTS:
+        return _RESOLVED_DEFAULTS[name]
+    value = _CONFIG_DEFAULTS[name]
+    if isinstance(value, tuple):
+        return list(value) or None
+    return value
 
 
 def define_flags():
     # -- where things run ----------------------------------------------------
-    flags.DEFINE_enum("strategy", "one_device", STRATEGIES,
+    flags.DEFINE_enum("strategy", _default("strategy"), STRATEGIES,
                       "tf.distribute strategy. multi_worker reads the "
                       "cluster from the TF_CONFIG environment variable.")
-    flags.DEFINE_string("tpu", None,
+    flags.DEFINE_string("tpu", _default("tpu"),
                         "TPU name or grpc:// address (only with "
                         "--strategy=tpu); empty: TPU_NAME or the local TPU "
                         "VM.")
-    flags.DEFINE_integer("num_gpus", None,
+    flags.DEFINE_integer("num_gpus", _default("num_gpus"),
                          "GPUs to use with one_device/mirrored (0: the "
                          "CPU); default: all visible GPUs, else the CPU.")
     # -- model ---------------------------------------------------------------
-    flags.DEFINE_enum("model_size", "tiny", list(MODEL_SIZES),
+    flags.DEFINE_enum("model_size", _default("model_size"), list(MODEL_SIZES),
                       "Preset BERT size (layers/hidden/heads): tiny 2/128/2, "
                       "mini 4/256/4, small 4/512/8, medium 8/512/8, base "
                       "12/768/12, large 24/1024/16. The vocabulary size "
                       "comes from the vocabulary. Not with "
                       "--bert_config_file.")
-    flags.DEFINE_string("bert_config_file", None,
+    flags.DEFINE_string("bert_config_file", _default("bert_config_file"),
                         "BERT config JSON in Google's format (vocab_size, "
                         "hidden_size, num_hidden_layers, ...); replaces "
                         "--model_size.")
-    flags.DEFINE_string("init_checkpoint", None,
+    flags.DEFINE_string("init_checkpoint", _default("init_checkpoint"),
                         "Start from the weights (not the optimizer state) "
                         "of this checkpoint: one written by Google's BERT "
                         "(bert_model.ckpt) or by this program (a model_dir "
                         "or a checkpoint prefix). Only at the start of a "
                         "run: a checkpoint in --model_dir wins.")
     # -- data ----------------------------------------------------------------
-    flags.DEFINE_list("train_files", None,
+    flags.DEFINE_list("train_files", _default("train_files"),
                       "Comma-separated globs of TFRecord files of "
                       "pretraining examples (Google BERT format, e.g. from "
                       "train.create_pretraining_data) with "
                       "--max_seq_length tokens. Needs --vocab_file or "
                       "--bert_config_file.")
-    flags.DEFINE_list("phase2_train_files", None,
+    flags.DEFINE_list("phase2_train_files", _default("phase2_train_files"),
                       "Like --train_files, for phase 2 (examples of "
                       "--phase2_max_seq_length tokens).")
-    flags.DEFINE_list("input_file", None,
+    flags.DEFINE_list("input_file", _default("input_file"),
                       "Comma-separated globs of text files (one sentence "
                       "per line, blank line between documents) turned into "
                       "examples before training, instead of the default "
                       "corpus.")
-    flags.DEFINE_string("tfds_name", None,
+    flags.DEFINE_string("tfds_name", _default("tfds_name"),
                         "A tensorflow-datasets text dataset already present "
                         "in --tfds_data_dir (e.g. wikipedia/20230601.en), "
                         "turned into examples before training. Needs the "
                         "tensorflow-datasets package.")
-    flags.DEFINE_string("tfds_split", "train", "Split of --tfds_name.")
-    flags.DEFINE_string("tfds_data_dir", None,
+    flags.DEFINE_string("tfds_split",
+                        _default("tfds_split"),
+                        "Split of --tfds_name.")
+    flags.DEFINE_string("tfds_data_dir", _default("tfds_data_dir"),
                         "tensorflow-datasets data directory (default: "
                         "TFDS's own, ~/tensorflow_datasets).")
-    flags.DEFINE_string("tfds_text_key", "text",
+    flags.DEFINE_string("tfds_text_key", _default("tfds_text_key"),
                         "Feature of --tfds_name that holds the text.")
-    flags.DEFINE_integer("max_documents", 100000,
+    flags.DEFINE_integer("max_documents", _default("max_documents"),
                          "Most documents read from --tfds_name.")
-    flags.DEFINE_string("vocab_file", None,
+    flags.DEFINE_string("vocab_file", _default("vocab_file"),
                         "WordPiece vocabulary (one token per line). "
                         "Default: learnt from the text, or required with "
                         "--train_files unless --bert_config_file gives the "
                         "size.")
     cpd.define_flags(seed_flag=False)
-    flags.DEFINE_integer("shuffle_buffer", 10000,
+    flags.DEFINE_integer("shuffle_buffer", _default("shuffle_buffer"),
                          "Examples in the tf.data shuffle buffer.")
     # -- schedule ------------------------------------------------------------
-    flags.DEFINE_integer("train_batch_size", 32,
+    flags.DEFINE_integer("train_batch_size", _default("train_batch_size"),
                          "Global batch size of one optimizer update (all "
                          "replicas and accumulation steps together).")
-    flags.DEFINE_integer("gradient_accumulation_steps", 1,
+    flags.DEFINE_integer("gradient_accumulation_steps",
+                         _default("gradient_accumulation_steps"),
                          "Micro-batches per optimizer update: each replica "
                          "runs train_batch_size / (replicas * this) "
                          "examples at a time.")
-    flags.DEFINE_integer("num_train_steps", 500,
+    flags.DEFINE_integer("num_train_steps", _default("num_train_steps"),
                          "Optimizer updates in total (phase 2 included).")
-    flags.DEFINE_float("learning_rate", 1e-2, "Peak learning rate.")
-    flags.DEFINE_integer("warmup_steps", 50,
+    flags.DEFINE_float("learning_rate",
+                       _default("learning_rate"),
+                       "Peak learning rate.")
+    flags.DEFINE_integer("warmup_steps", _default("warmup_steps"),
                          "Updates of linear warmup, after which the rate "
                          "decays polynomially to --end_learning_rate. When "
                          "not given and phase 1 has fewer than 50 updates: "
                          "10% of them.")
-    flags.DEFINE_float("end_learning_rate", 0.0,
+    flags.DEFINE_float("end_learning_rate", _default("end_learning_rate"),
                        "Learning rate at the end of each phase.")
-    flags.DEFINE_float("poly_power", 1.0,
+    flags.DEFINE_float("poly_power", _default("poly_power"),
                        "Power of the polynomial decay (1: linear).")
-    flags.DEFINE_integer("phase2_steps", 0,
+    flags.DEFINE_integer("phase2_steps", _default("phase2_steps"),
                          "The last this many of --num_train_steps run on "
                          "--phase2_max_seq_length tokens with their own "
                          "warmup and decay (the LAMB paper's 128 -> 512 "
                          "schedule); 0: one phase.")
-    flags.DEFINE_integer("phase2_max_seq_length", 512,
+    flags.DEFINE_integer("phase2_max_seq_length",
+                         _default("phase2_max_seq_length"),
                          "Tokens per example in phase 2.")
-    flags.DEFINE_integer("phase2_max_predictions_per_seq", 80,
+    flags.DEFINE_integer("phase2_max_predictions_per_seq",
+                         _default("phase2_max_predictions_per_seq"),
                          "Masked-LM predictions per example in phase 2.")
-    flags.DEFINE_integer("phase2_train_batch_size", None,
+    flags.DEFINE_integer("phase2_train_batch_size",
+                         _default("phase2_train_batch_size"),
                          "Global batch size in phase 2 (default: "
                          "--train_batch_size).")
-    flags.DEFINE_float("phase2_learning_rate", None,
+    flags.DEFINE_float("phase2_learning_rate",
+                       _default("phase2_learning_rate"),
                        "Peak learning rate of phase 2 (default: "
                        "--learning_rate).")
-    flags.DEFINE_integer("phase2_warmup_steps", 0,
+    flags.DEFINE_integer("phase2_warmup_steps",
+                         _default("phase2_warmup_steps"),
                          "Warmup updates at the start of phase 2.")
     # -- optimizer (tf_lamb.Lamb) ---------------------------------------------
-    flags.DEFINE_float("beta_1", 0.9, "LAMB: decay of the first moment.")
-    flags.DEFINE_float("beta_2", 0.999, "LAMB: decay of the second moment.")
-    flags.DEFINE_float("epsilon", 1e-6,
+    flags.DEFINE_float("beta_1",
+                       _default("beta_1"),
+                       "LAMB: decay of the first moment.")
+    flags.DEFINE_float("beta_2",
+                       _default("beta_2"),
+                       "LAMB: decay of the second moment.")
+    flags.DEFINE_float("epsilon", _default("epsilon"),
                        "LAMB: added to sqrt(v_hat) (BERT uses 1e-6).")
-    flags.DEFINE_float("weight_decay", 0.01,
+    flags.DEFINE_float("weight_decay", _default("weight_decay"),
                        "LAMB: weight decay rate inside the update (0: "
                        "none).")
     flags.DEFINE_list("exclude_from_weight_decay",
-                      ["LayerNorm", "layer_norm", "bias"],
+                      _default("exclude_from_weight_decay"),
                       "LAMB: regular expressions; variables whose path "
                       "matches one get no weight decay.")
-    flags.DEFINE_list("exclude_from_layer_adaptation", None,
+    flags.DEFINE_list("exclude_from_layer_adaptation",
+                      _default("exclude_from_layer_adaptation"),
                       "LAMB: regular expressions; variables whose path "
                       "matches one get no trust ratio (default: the "
                       "--exclude_from_weight_decay list).")
-    flags.DEFINE_float("max_trust_ratio", None,
+    flags.DEFINE_float("max_trust_ratio", _default("max_trust_ratio"),
                        "LAMB: upper bound of the trust ratio (default: "
                        "none).")
-    flags.DEFINE_bool("bias_correction", True,
+    flags.DEFINE_bool("bias_correction", _default("bias_correction"),
                       "LAMB: Adam-style bias correction of the moments.")
-    flags.DEFINE_float("global_clipnorm", 1.0,
+    flags.DEFINE_float("global_clipnorm", _default("global_clipnorm"),
                        "Clip the gradients of all variables jointly to this "
                        "norm (BERT: 1.0); 0 turns clipping off.")
-    flags.DEFINE_float("clipnorm", None,
+    flags.DEFINE_float("clipnorm", _default("clipnorm"),
                        "Clip each variable's gradient to this norm instead "
                        "of --global_clipnorm.")
-    flags.DEFINE_float("clipvalue", None,
+    flags.DEFINE_float("clipvalue", _default("clipvalue"),
                        "Clip each gradient element to [-clipvalue, "
                        "clipvalue] instead of --global_clipnorm.")
-    flags.DEFINE_bool("use_ema", False,
+    flags.DEFINE_bool("use_ema", _default("use_ema"),
                       "LAMB: keep an exponential moving average of the "
                       "weights.")
-    flags.DEFINE_float("ema_momentum", 0.99, "LAMB: EMA momentum.")
-    flags.DEFINE_integer("ema_overwrite_frequency", None,
+    flags.DEFINE_float("ema_momentum",
+                       _default("ema_momentum"),
+                       "LAMB: EMA momentum.")
+    flags.DEFINE_integer("ema_overwrite_frequency",
+                         _default("ema_overwrite_frequency"),
                          "LAMB: overwrite the weights with their average "
                          "every this many updates (needs --use_ema).")
-    flags.DEFINE_float("loss_scale_factor", None,
+    flags.DEFINE_float("loss_scale_factor", _default("loss_scale_factor"),
                        "LAMB: a static loss scale; the loss is multiplied "
                        "by it and the gradients divided by it (for "
                        "mixed_float16, dynamic scaling is used instead).")
-    # -- performance -----------------------------------------------------------
-    flags.DEFINE_enum("mixed_precision", "float32", config_lib.PRECISIONS,
+    # -- performance ----------------------------------------------------------
+    flags.DEFINE_enum("mixed_precision",
+                      _default("mixed_precision"),
+                      config_lib.PRECISIONS,
                       "Keras dtype policy. mixed_float16 scales the loss "
                       "(keras LossScaleOptimizer); TPUs want "
                       "mixed_bfloat16.")
-    flags.DEFINE_bool("jit_compile", False,
+    flags.DEFINE_bool("jit_compile", _default("jit_compile"),
                       "Compile the model's forward and backward pass and "
                       "the LAMB update with XLA. Meant for GPUs and TPUs "
                       "(TPUs compile with XLA in any case). Leave it off on "
@@ -175,7 +216,7 @@ def define_flags():
                       "graph mode (the default run: 186-193 against "
                       "166-171 ms per update; BERT-base at batch 4: as "
                       "fast to 25% slower).")
-    flags.DEFINE_integer("steps_per_loop", 100,
+    flags.DEFINE_integer("steps_per_loop", _default("steps_per_loop"),
                          "Optimizer updates per call of the compiled "
                          "training loop; a call ends early at an update "
                          "where a log, checkpoint or eval is due, so their "
@@ -185,54 +226,56 @@ def define_flags():
                          "run), but a round trip on a TPU can cost as much "
                          "as an update. SIGTERM/SIGINT end a call after the "
                          "update in progress (docs/failures.md).")
-    # -- evaluation ----------------------------------------------------------------
-    flags.DEFINE_enum("mode", "train", config_lib.MODES,
+    # -- evaluation -----------------------------------------------------------
+    flags.DEFINE_enum("mode", _default("mode"), config_lib.MODES,
                       "train; eval (evaluate the newest checkpoint in "
                       "--model_dir, else --init_checkpoint, on "
                       "--eval_files); or train_and_eval (evaluate every "
                       "--eval_every_steps updates and at the end).")
-    flags.DEFINE_list("eval_files", None,
+    flags.DEFINE_list("eval_files", _default("eval_files"),
                       "Comma-separated globs of TFRecord files of held-out "
                       "examples (Google BERT format) with --max_seq_length "
                       "tokens, for --mode=eval/train_and_eval.")
-    flags.DEFINE_integer("eval_batch_size", 32,
+    flags.DEFINE_integer("eval_batch_size", _default("eval_batch_size"),
                          "Global batch size of evaluation.")
-    flags.DEFINE_integer("max_eval_steps", None,
+    flags.DEFINE_integer("max_eval_steps", _default("max_eval_steps"),
                          "Evaluate at most this many batches (default: "
                          "every eval example once, the last partial batch "
                          "included).")
-    flags.DEFINE_integer("eval_every_steps", None,
+    flags.DEFINE_integer("eval_every_steps", _default("eval_every_steps"),
                          "With --mode=train_and_eval: evaluate every this "
                          "many updates (and at the end).")
-    # -- output ------------------------------------------------------------------
-    flags.DEFINE_string("model_dir", "runs/pretrain",
+    # -- output ---------------------------------------------------------------
+    flags.DEFINE_string("model_dir", _default("model_dir"),
                         "Checkpoints, TensorBoard events, config, vocabulary "
                         "and generated data. A run resumes from the last "
                         "checkpoint found here.")
-    flags.DEFINE_integer("save_checkpoints_steps", 100,
+    flags.DEFINE_integer("save_checkpoints_steps",
+                         _default("save_checkpoints_steps"),
                          "Save a checkpoint every this many updates (and at "
                          "the end).")
-    flags.DEFINE_integer("keep_checkpoint_max", 3,
+    flags.DEFINE_integer("keep_checkpoint_max",
+                         _default("keep_checkpoint_max"),
                          "Newest checkpoints kept.")
-    flags.DEFINE_integer("log_steps", 50,
+    flags.DEFINE_integer("log_steps", _default("log_steps"),
                          "Print progress and write summaries every this "
                          "many updates.")
-    flags.DEFINE_string("export_dir", None,
+    flags.DEFINE_string("export_dir", _default("export_dir"),
                         "Where the encoder's SavedModel is written at the "
                         "end (default: <model_dir>/export; 'none': no "
                         "export).")
-    flags.DEFINE_integer("seed", 42,
+    flags.DEFINE_integer("seed", _default("seed"),
                          "Seed of initialisation, dropout, data order and "
                          "generated examples.")
-    # -- failures (docs/failures.md) -----------------------------------------------
+    # -- failures (docs/failures.md) ------------------------------------------
     flags.DEFINE_float("loss_upper_bound",
-                       config_lib.PretrainConfig.loss_upper_bound,
+                       _default("loss_upper_bound"),
                        "An update whose loss (MLM + NSP) is above this, or "
                        "not finite, counts as divergence: the run goes back "
                        "to its last good checkpoint (see "
                        "--recovery_max_trials).")
     flags.DEFINE_integer("recovery_max_trials",
-                         config_lib.PretrainConfig.recovery_max_trials,
+                         _default("recovery_max_trials"),
                          "Times a diverged run goes back to its last good "
                          "checkpoint and retries before it stops with an "
                          "error (exit status 3). Training here is "
