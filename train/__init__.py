@@ -8,9 +8,22 @@ From Python:
 Entry points:
   python -m train.pretrain                  pretrain a BERT encoder
   python -m train.create_pretraining_data   text files -> TFRecords
+  python -m train.export                    a run -> TF Hub SavedModel or
+                                            Google BERT folder
 """
 
 from train.config import InputError, PretrainConfig
 from train.pretraining import run_pretraining
 
-__all__ = ["InputError", "PretrainConfig", "run_pretraining"]
+__all__ = ["InputError", "PretrainConfig", "export_google_checkpoint",
+           "export_saved_model", "run_pretraining"]
+
+_EXPORTS = ("export_google_checkpoint", "export_saved_model")
+
+
+def __getattr__(name):
+    # The exports import TensorFlow; `import train` alone does not.
+    if name in _EXPORTS:
+        from train import export
+        return getattr(export, name)
+    raise AttributeError(f"module 'train' has no attribute {name!r}")

@@ -386,11 +386,11 @@ def run_pretraining(config, strategy=None, record_files=None,
     if evaluator is not None:
         eval_metrics = evaluate(step)
     export_path = config.export_path
-    if export_path:
-        target = export_path if chief else os.path.join(work_dir, "export")
-        export.export_encoder(trainer.model.encoder, target)
-        if chief:
-            print(f"Exported the encoder to {export_path}", flush=True)
+    if export_path and chief:
+        export.export_saved_model(model_dir, export_path, overwrite=True,
+                                  checkpoint=manager.latest_checkpoint,
+                                  require_vocab=False)
+        print(f"Exported the encoder to {export_path}", flush=True)
     if not chief:
         shutil.rmtree(work_dir, ignore_errors=True)
     if history and chief:
