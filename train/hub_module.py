@@ -127,7 +127,7 @@ class EncoderLayer(keras.layers.Layer):
 
     def __init__(self, path, trainable=True, **kwargs):
         super().__init__(trainable=trainable, **kwargs)
-        self.path = path
+        self.filepath = path
         self._hub_object = tf.saved_model.load(path)
         # The Keras variables wrap the restored ones (no copy): what the
         # optimizer assigns is what the SavedModel's functions read.
@@ -158,7 +158,7 @@ class EncoderLayer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config["path"] = self.path
+        config["path"] = self.filepath
         return config
 
 
