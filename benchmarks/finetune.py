@@ -2,14 +2,16 @@ r"""Is the pretrained encoder worth handing on?  Fine-tune it and see.
 
 A downstream task made offline from the default pretraining corpus: which
 of the --classes largest packages of Python's standard library a docstring
-comes from (its first sentences, at most --max_length WordPieces; `email`,
-`tkinter`, `asyncio`...).  Docstrings are split into training and held-out
-examples by a hash of their text, each class capped to the same count, so
-chance is 1 / --classes.
+comes from (its first three prose sentences, at most 64 WordPieces).
+Docstrings are split into training and held-out examples by a hash of their
+text, each class capped to the same count, so chance is 1 / --classes; the
+training set keeps --train_per_class examples per class (few labels, where
+pretraining should help most).
 
-The same classifier (the encoder's pooled output, dropout 0.1, a Dense
-layer) is fine-tuned from two encoders with the same steps, learning rate,
-batches and seed:
+The same classifier (the masked mean of the encoder's sequence_output, or
+with --pooling=pooled its pooled_output; dropout 0.1; a Dense layer) is
+fine-tuned from two encoders with the same steps, learning rate, batches
+and seed:
 
   pretrained  the SavedModel exported after pretraining (--saved_model, or,
               without it, one this benchmark pretrains first with
@@ -63,9 +65,11 @@ class FinetuneConfig:
     classes: int = 4
     max_length: int = 64
     per_class: int = 600
+    train_per_class: int = 64
+    pooling: str = "mean"
     held_out_share: float = 0.2
     batch_size: int = 32
-    steps: int = 300
+    steps: int = 150
     learning_rate: float = 5e-4
     seed: int = 7
 
@@ -73,7 +77,7 @@ class FinetuneConfig:
     def quick(cls, output_dir):
         return cls(output_dir=output_dir, pretrain_steps=20,
                    pretrain_documents=300, per_class=40, steps=10,
-                   max_length=32, batch_size=16)
+                   max_length=32, batch_size=16, train_per_class=None)
 
 
 def _docstrings(path):
@@ -118,9 +122,14 @@ def make_task(config, vocab_file, lower_case):
     count = min(config.per_class, min(len(p) for p in passages.values()))
     splits = {"train": ([], []), "held_out": ([], [])}
     for label, name in enumerate(names):
+        taken = 0
         for text in passages[name][:count]:
             held_out = zlib.crc32(text.encode()) % 1000 < (
                 1000 * config.held_out_share)
+            if not held_out:
+                if taken == config.train_per_class:
+                    continue
+                taken += 1
             pieces = [i for word in tokenizer.tokenize(text) for i in word]
             ids = ([index["[CLS]"]] + pieces[:config.max_length - 2]
                    + [index["[SEP]"]])
@@ -179,8 +188,15 @@ def fine_tune(saved_model, task, config):
     encoder = hub_module.load_encoder_layer(saved_model)
     inputs = {name: keras.Input((None,), dtype="int32", name=name)
               for name in hub_module.INPUT_NAMES}
-    pooled = keras.layers.Dropout(0.1)(encoder(inputs)["pooled_output"])
-    model = keras.Model(inputs, keras.layers.Dense(len(names))(pooled))
+    outputs = encoder(inputs)
+    if config.pooling == "mean":
+        mask = keras.ops.cast(inputs["input_mask"], "float32")[:, :, None]
+        features = keras.ops.sum(outputs["sequence_output"] * mask,
+                                 axis=1) / keras.ops.sum(mask, axis=1)
+    else:
+        features = outputs["pooled_output"]
+    features = keras.layers.Dropout(0.1)(features)
+    model = keras.Model(inputs, keras.layers.Dense(len(names))(features))
     model.compile(keras.optimizers.Adam(config.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True), metrics=["accuracy"])
@@ -222,7 +238,8 @@ def run(config):
     print(f"Task: which of {', '.join(task[4])} a docstring comes from; "
           f"{len(task[1])} training, {len(task[3])} held-out examples "
           f"(chance {1 / len(task[4]):.2f}); {config.steps} steps of "
-          f"{config.batch_size}, Adam lr {config.learning_rate}")
+          f"{config.batch_size}, Adam lr {config.learning_rate}, "
+          f"{config.pooling} pooling")
     for name in ("pretrained", "random"):
         r = results[name]
         print(f"  {name:10s} encoder: held-out accuracy "
@@ -245,6 +262,12 @@ def define_flags():
                          "--saved_model.")
     flags.DEFINE_integer("classes", defaults.classes,
                          "How many standard-library packages to tell apart.")
+    flags.DEFINE_integer("train_per_class", defaults.train_per_class,
+                         "Training examples per class (the held-out set "
+                         "keeps all of its own).")
+    flags.DEFINE_enum("pooling", defaults.pooling, ["mean", "pooled"],
+                      "Classifier input: the masked mean of sequence_output, "
+                      "or pooled_output.")
     flags.DEFINE_integer("steps", defaults.steps, "Fine-tuning updates.")
     flags.DEFINE_float("learning_rate", defaults.learning_rate,
                        "Fine-tuning learning rate (Adam).")
@@ -257,7 +280,8 @@ def main(argv):
     f = flags.FLAGS
     base = FinetuneConfig.quick(f.output_dir) if f.quick else FinetuneConfig(
         output_dir=f.output_dir, pretrain_steps=f.pretrain_steps,
-        classes=f.classes, steps=f.steps, learning_rate=f.learning_rate)
+        classes=f.classes, steps=f.steps, learning_rate=f.learning_rate,
+        train_per_class=f.train_per_class, pooling=f.pooling)
     config = dataclasses.replace(base, saved_model=f.saved_model)
     try:
         run(config)

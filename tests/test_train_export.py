@@ -170,7 +170,14 @@ def test_mixed_precision_run_exports_float32(run, tmp_path):
         **dict(run["common"], model_dir=model_dir,
                train_files=(run["eval_files"]), num_train_steps=1,
                log_steps=1, train_batch_size=4, warmup_steps=0,
-               mixed_precision="mixed_bfloat16")))
+               mixed_precision="mixed_bfloat16", export_dir=None)))
+    # The end-of-run SavedModel computes in float32 too.
+    encoder = tf.saved_model.load(os.path.join(model_dir, "export"))
+    ids = tf.constant([[2, 9, 10, 3]])
+    outputs = encoder({"input_word_ids": ids, "input_mask": tf.ones_like(ids),
+                       "input_type_ids": tf.zeros_like(ids)})
+    assert outputs["sequence_output"].dtype == tf.float32
+    assert {v.dtype for v in encoder.variables} == {tf.float32}
     out = export.export_google_checkpoint(model_dir, str(tmp_path / "out"))
     values = _checkpoint_values(os.path.join(out, "bert_model.ckpt"))
     assert {value.dtype for value in values.values()} == {np.dtype(np.float32)}
