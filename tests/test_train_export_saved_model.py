@@ -135,6 +135,10 @@ def test_reusable_savedmodel_attributes(run):
     assert [v.name for v in obj.trainable_variables] == [
         v.name for v in obj.variables]
     assert list(obj.regularization_losses) == []
+    # Nothing saved twice: the encoder's weights and do_lower_case only.
+    saved = tf.train.load_checkpoint(os.path.join(run["export"], "variables",
+                                                  "variables"))
+    assert len(saved.get_variable_to_shape_map()) == len(expected) + 2
     vocab_path = obj.vocab_file.asset_path.numpy().decode()
     assert vocab_path.startswith(run["export"])
     assert open(vocab_path).read() == open(run["vocab"]).read()

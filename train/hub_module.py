@@ -26,8 +26,10 @@ optimizers reject as slot names; `EncoderLayer(path)` below tracks the same
 variables under names Keras accepts, so `model.fit` fine-tunes them.
 """
 
-import numpy as np
+import types
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
@@ -57,14 +59,14 @@ class HubEncoder(tf.Module):
     def __init__(self, model, google_names, vocab_file, bert_config_file,
                  do_lower_case):
         super().__init__(name="bert_encoder")
-        self._encoder = model.encoder
+        # Held untracked: the Keras layer's own variables must not be saved.
+        self._model = types.SimpleNamespace(encoder=model.encoder)
         name_of = {id(v): name for name, (v, _) in google_names.items()}
-        self._weights = [
+        self.variables = [
             tf.Variable(np.asarray(v.numpy(), np.float32),
                         name=name_of[id(v)], trainable=True)
-            for v in self._encoder.trainable_variables]
-        self.variables = list(self._weights)
-        self.trainable_variables = list(self._weights)
+            for v in model.encoder.trainable_variables]
+        self.trainable_variables = list(self.variables)
         self.regularization_losses = []
         if vocab_file:
             self.vocab_file = tf.saved_model.Asset(vocab_file)
@@ -83,8 +85,9 @@ class HubEncoder(tf.Module):
         # Stateless dropout, drawn afresh per call when training.
         seed = tf.random.uniform([2], maxval=_INT32_LIMIT,
                                  dtype=tf.int32) if training else None
-        (sequence, pooled, layers), _ = self._encoder.stateless_call(
-            self._weights, [], ids, mask, types, seed=seed, all_layers=True)
+        (sequence, pooled, layers), _ = self._model.encoder.stateless_call(
+            list(self.variables), [], ids, mask, types, seed=seed,
+            all_layers=True)
         pooled = tf.cast(pooled, tf.float32)
         return {"pooled_output": pooled,
                 "sequence_output": tf.cast(sequence, tf.float32),
