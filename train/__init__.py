@@ -22,7 +22,8 @@ _EXPORTS = ("export_google_checkpoint", "export_saved_model")
 
 
 def __getattr__(name):
-    # The exports import TensorFlow; `import train` alone does not.
+    # Imported on first use: imported here, `python -m train.export` would
+    # find train.export loaded before running it as __main__ (runpy warns).
     if name in _EXPORTS:
         from train import export
         return getattr(export, name)
