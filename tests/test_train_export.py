@@ -248,3 +248,19 @@ def test_command_line(run, tmp_path):
     error = again.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: --output_dir") and "not empty" in error
     assert "Traceback" not in again.stderr
+
+
+def test_run_without_vocabulary(run, tmp_path):
+    """TFRecords and a config but no --vocab_file: the end-of-run SavedModel
+    is written without vocab_file; train.export refuses the run."""
+    model_dir = str(tmp_path / "no_vocab")
+    settings = dict(run["common"], vocab_file=None, export_dir=None)
+    run_pretraining(PretrainConfig(
+        **settings, model_dir=model_dir, train_files=run["eval_files"],
+        num_train_steps=1, log_steps=1, train_batch_size=4))
+    encoder = tf.saved_model.load(os.path.join(model_dir, "export"))
+    assert not hasattr(encoder, "vocab_file")
+    assert len(encoder.variables) == 2 * 16 + 5 + 2
+    with pytest.raises(InputError, match="no vocab.txt"):
+        export.export_saved_model(model_dir, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
