@@ -101,8 +101,9 @@ def test_savedmodel_reload_matches_the_model(default_run):
     mask[1, 12:] = 0
     segments = np.zeros_like(ids)
     segments[:, 10:] = 1
-    outputs = serve(input_ids=tf.constant(ids), input_mask=tf.constant(mask),
-                    segment_ids=tf.constant(segments))
+    outputs = serve(input_word_ids=tf.constant(ids),
+                    input_mask=tf.constant(mask),
+                    input_type_ids=tf.constant(segments))
     sequence, pooled = encoder(tf.constant(ids), tf.constant(mask),
                                tf.constant(segments))
     assert outputs["sequence_output"].shape == (3, 20, 128)

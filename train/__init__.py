@@ -8,15 +8,22 @@ From Python:
 Entry points:
   python -m train.pretrain                  pretrain a BERT encoder
   python -m train.create_pretraining_data   text files -> TFRecords
+  python -m train.export                    a run -> TF Hub SavedModel or
+                                            Google BERT folder
 """
 
 import importlib
 
-__all__ = ["InputError", "PretrainConfig", "run_pretraining"]
+__all__ = ["InputError", "PretrainConfig", "export_google_checkpoint",
+           "export_saved_model", "run_pretraining"]
 
 # Loaded on first use, so that `python -m train.pretrain` can set
-# TensorFlow's log level (train/logs.py) before anything imports TensorFlow.
-_HOMES = {"InputError": "train.config", "PretrainConfig": "train.config",
+# TensorFlow's log level (train/logs.py) before anything imports TensorFlow,
+# and `python -m train.export` does not find train.export loaded before it
+# runs as __main__ (runpy warns).
+_HOMES = {"InputError": "train.errors", "PretrainConfig": "train.config",
+          "export_google_checkpoint": "train.export",
+          "export_saved_model": "train.export",
           "run_pretraining": "train.pretraining"}
 
 

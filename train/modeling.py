@@ -322,13 +322,21 @@ class BertEncoder(keras.layers.Layer):
         with keras.name_scope("pooler"):
             self.pooler.build((shape[0], self.config.hidden_size))
 
-    def call(self, input_ids, input_mask, segment_ids, seed=None):
+    def call(self, input_ids, input_mask, segment_ids, seed=None,
+             all_layers=False):
+        """(sequence output, pooled output), plus the list of every
+        transformer layer's output (the last is the sequence output) with
+        `all_layers`."""
         x = self.embeddings(input_ids, segment_ids, seed=seed)
         mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
         attention_bias = (1.0 - mask) * -10000.0
+        layer_outputs = []
         for layer in self.transformer_layers:
             x = layer(x, attention_bias, seed=seed)
+            layer_outputs.append(x)
         pooled = self.pooler(x[:, 0])
+        if all_layers:
+            return x, pooled, layer_outputs
         return x, pooled
 
 

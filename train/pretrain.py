@@ -9,10 +9,10 @@ corpus built on the fly from the docstrings of the Python standard library
   ckpt-*                        checkpoints (a second run resumes from them)
   train/                        TensorBoard events (losses, accuracies,
                                 learning rate, examples/s, trust ratios)
-  export/                       SavedModel of the encoder; signature
-                                serving_default(input_ids, input_mask,
-                                segment_ids) -> sequence_output,
-                                pooled_output
+  export/                       SavedModel of the encoder with TF Hub's
+                                text-encoder API (see train/export.py;
+                                python -m train.export also writes
+                                Google BERT's checkpoint folder)
   eval_results.txt, eval/       with --mode=eval or train_and_eval: the
                                 newest evaluation (Google's key = value
                                 format) and every evaluation's TensorBoard

@@ -31,7 +31,7 @@ import tensorflow as tf
 from tf_lamb import distribute
 from train import actions
 from train import checkpoints
-from train import create_pretraining_data as cpd
+from train import tokenization
 from train import data
 from train import evaluation
 from train import export
@@ -170,7 +170,7 @@ def _write_run_files(config, checked, chief, work_dir, record_files):
             bert_config)
     if bert_config is None:
         bert_config = modeling.BertConfig.for_size(
-            config.model_size_name, len(cpd.read_vocab(vocab_file)))
+            config.model_size_name, len(tokenization.read_vocab(vocab_file)))
         data.check_model_dir(config, bert_config)
     if not (chief and config.trains):
         return phases, vocab_file, bert_config
@@ -340,13 +340,14 @@ def run_pretraining(config, strategy=None, record_files=None,
                                           guard, evaluate, chief)
             step = controller.train(start_step)
         eval_metrics = evaluate(step) if evaluate else None
-        if config.export_path:
-            export.export_encoder(trainer.model.encoder, config.export_path
-                                  if chief else os.path.join(work_dir,
-                                                             "export"))
-            if chief:
-                print(f"Exported the encoder to {config.export_path}",
-                      flush=True)
+        if config.export_path and chief:
+            # From the newest good checkpoint, through python -m
+            # train.export's code (a fresh float32 model).
+            export.export_saved_model(
+                config.model_dir, config.export_path, overwrite=True,
+                checkpoint=saved.newest, require_vocab=False)
+            print(f"Exported the encoder to {config.export_path}",
+                  flush=True)
         if chief:
             _print_summary(log.history)
         return result(step, log.history, controller.examples_seen / max(
