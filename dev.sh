@@ -20,12 +20,19 @@ setup() {
   local stamp="$VENV/.tf_lamb-installed"
   local want
   local extras=tensorflow,train,test,hlo,study
-  want=$( (cat setup.cfg pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
+  want=$( (cat setup.cfg pyproject.toml; echo "$extras hub") | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # pip's download cache (~/.cache/pip) makes reinstalls fast; nothing
     # depends on it being there.
     "$VENV/bin/python" -m pip install --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -e ".[$extras]"
+    # For the tests only, not dependencies of tf_lamb: the SavedModel export
+    # is fine-tuned through tensorflow_hub.KerasLayer, which needs tf-keras
+    # of TensorFlow's minor version (the test skips without them).
+    local tf_minor
+    tf_minor=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(".".join(m.version("tensorflow").split(".")[:2]))')
+    "$VENV/bin/python" -m pip install "tensorflow-hub>=0.16" "tf-keras==$tf_minor.*" ||
+      echo "dev.sh: tensorflow-hub/tf-keras not installed; their test will skip" >&2
     echo "$want" > "$stamp"
   fi
 }
