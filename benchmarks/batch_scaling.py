@@ -717,7 +717,7 @@ def run_study(args):
     print(f"{len(runs)} runs in the plan, {len(runs) - len(todo)} already in "
           f"{results_path}, {len(todo)} to run", flush=True)
     if todo:
-        from train.pretraining import make_strategy
+        from train.pretrain_lib import make_strategy
         from train import PretrainConfig
         # One strategy for every run (a TPU is initialised once); bad
         # strategy flags fail here, before the data is made.

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-import train_testing
+from tests.support import train_testing
 
 
 def test_quick_run_reports_both_encoders(tmp_path):

@@ -19,12 +19,12 @@ import pytest
 import tensorflow as tf
 import keras
 
-import distributed_training as dt
-from numpy_lamb import max_relative_error
+from tests.support import distributed_training as dt
+from tests.references.numpy_lamb import max_relative_error
 from tf_lamb import Lamb
 from tf_lamb.distribute import make_strategy
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mirrored():
@@ -150,9 +150,9 @@ def test_multi_worker_two_processes_equal_single_device(tmp_path):
                 "cluster": {"worker": workers},
                 "task": {"type": "worker", "index": index}})
             processes.append(subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "multi_worker_main.py"),
+                [sys.executable, "-m", "tests.support.multi_worker_main",
                  str(tmp_path / f"worker{index}.npz")],
-                env=dict(env), stdout=subprocess.PIPE,
+                env=dict(env), cwd=ROOT, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 300
         for process in processes:

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from numpy_lamb import max_relative_error
+from tests.references.numpy_lamb import max_relative_error
 from tf_lamb import Lamb
 
 SHAPES = [(16, 8), (8,), (8, 4), (4,), ()]

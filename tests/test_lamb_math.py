@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from numpy_lamb import max_relative_error
+from tests.references.numpy_lamb import max_relative_error
 from tf_lamb import algorithm, compiled
 
 RNG = np.random.default_rng(7)

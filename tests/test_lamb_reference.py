@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from numpy_lamb import (NumpyLamb, clip_global_norm, clip_norm, clip_value,
+from tests.references.numpy_lamb import (NumpyLamb, clip_global_norm, clip_norm, clip_value,
                         max_relative_error)
 import tf_lamb.compiled
 from tf_lamb import Lamb

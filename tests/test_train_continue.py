@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import google_checkpoint
-import train_testing
+from tests.references import google_checkpoint
+from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
 from train import evaluation
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import InputError, PretrainConfig
 from train import actions
 from train import controller as controller_lib

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import input_pipeline
 
 SEQ, PREDS = 32, 5

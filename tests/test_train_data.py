@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import corpus
 from train import examples
 from train import input_pipeline
-from train import optimization
+from train import schedule
 from train import tokenization
 
 
@@ -163,7 +163,7 @@ def test_pipeline_batches_are_static_and_deterministic(tmp_path):
 
 
 def test_schedule_warmup_decay_and_phase2():
-    s = optimization.PretrainingSchedule(
+    s = schedule.PretrainingSchedule(
         1.0, phase1_steps=100, warmup_steps=10, end_learning_rate=0.0,
         phase2_steps=20, phase2_learning_rate=0.5, phase2_warmup_steps=5,
         accumulation_steps=2)

@@ -8,7 +8,7 @@ import re
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--warmup_steps=1", "--shuffle_buffer=100", "--log_steps=1",
@@ -16,13 +16,12 @@ SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
 
 MIRRORED_SCRIPT = r"""
 import sys
-sys.path.insert(0, TESTS_DIR)
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import train_testing
+from tests.support import train_testing
 from train import InputError
 args = sys.argv[1:]
 try:
@@ -51,8 +50,7 @@ def records(tmp_path_factory):
 
 def test_mirrored_two_replicas(records, tmp_path):
     script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED_SCRIPT.replace(
-        "TESTS_DIR", repr(os.path.dirname(os.path.abspath(__file__)))))
+    script.write_text(MIRRORED_SCRIPT)
     model_dir = tmp_path / "run"
     result = _testing.run(
         [str(script)] + SMALL + records + [

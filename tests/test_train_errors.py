@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import InputError
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",

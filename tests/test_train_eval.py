@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from tf_lamb.distribute import make_strategy
 from train import evaluation
 from train import modeling

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import google_checkpoint
-import numpy_bert
-import train_testing
+from tests.references import google_checkpoint
+from tests.references import numpy_bert
+from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
 from train import checkpoints
 from train import export

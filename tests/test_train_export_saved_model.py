@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import google_checkpoint
-import numpy_bert
-import train_testing
+from tests.references import google_checkpoint
+from tests.references import numpy_bert
+from tests.support import train_testing
 from train import PretrainConfig, run_pretraining
 from train import export
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import PretrainConfig, run_pretraining
 from train import errors
 from train import trainer as trainer_lib

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import logs
 
 # absl's C++ INFO prefix (the seconds count from the epoch before its

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing
+from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
-from train import optimization
-from train.pretraining import _next_stop
+from train import schedule as schedule_lib
+from train.pretrain_lib import _next_stop
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +133,11 @@ def test_clipping_defaults():
 
 
 def test_accumulation_conversions_agree_with_the_optimizer():
-    accumulation = optimization.GradientAccumulation(4)
+    accumulation = schedule_lib.GradientAccumulation(4)
     assert accumulation.optimizer_argument() == 4
-    assert optimization.GradientAccumulation(1).optimizer_argument() is None
+    assert schedule_lib.GradientAccumulation(1).optimizer_argument() is None
     assert accumulation.micro_batch_size(32) == 8
-    schedule = optimization.PretrainingSchedule(1.0, 10, warmup_steps=4,
+    schedule = schedule_lib.PretrainingSchedule(1.0, 10, warmup_steps=4,
                                                 accumulation_steps=4)
     for update in range(10):
         for call in range(4):

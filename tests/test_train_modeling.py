@@ -1,7 +1,7 @@
 """train.modeling computes Google BERT's function; train.checkpoints loads
 Google's and our own checkpoints into it.
 
-The expectation is tests/numpy_bert.py, a float64 NumPy forward pass written
+The expectation is tests/references/numpy_bert.py, a float64 NumPy forward pass written
 from the architecture with weights under Google's checkpoint names.
 """
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import google_checkpoint
-import numpy_bert
+from tests.references import google_checkpoint
+from tests.references import numpy_bert
 from tf_lamb import Lamb
 from tf_lamb.distribute import make_strategy
 from train import checkpoints, modeling

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import errors
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 from train import PretrainConfig, run_pretraining
 from train import flags as train_flags
 from train.config import PretrainConfig as ConfigClass

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import tensorflow as tf
 
-import train_testing as _testing
+from tests.support import train_testing as _testing
 
 TINY_RUN = ["--num_train_steps=3", "--save_checkpoints_steps=3",
             "--max_seq_length=32", "--max_predictions_per_seq=5",

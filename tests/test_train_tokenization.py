@@ -1,5 +1,5 @@
 """The project's tokenizer against an independent re-derivation of Google
-BERT's (tests/google_bert_tokenization.py): the same words and ids; its
+BERT's (tests/references/google_bert_tokenization.py): the same words and ids; its
 vocabulary learner against HuggingFace `tokenizers`' trainer."""
 
 import sys
@@ -7,7 +7,7 @@ import sys
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-import google_bert_tokenization as google
+from tests.references import google_bert_tokenization as google
 from train import corpus
 from train.tokenization import (SPECIAL_TOKENS, BertTokenizer,
                                 basic_tokenize, learn_vocab, read_vocab,

@@ -24,7 +24,7 @@ __all__ = ["InputError", "PretrainConfig", "export_google_checkpoint",
 _HOMES = {"InputError": "train.errors", "PretrainConfig": "train.config",
           "export_google_checkpoint": "train.export",
           "export_saved_model": "train.export",
-          "run_pretraining": "train.pretraining"}
+          "run_pretraining": "train.pretrain_lib"}
 
 
 def __getattr__(name):

@@ -24,7 +24,7 @@ from tf_lamb.distribute import STRATEGIES
 from train import examples
 from train.errors import InputError
 from train.modeling import MODEL_SIZES
-from train.optimization import GradientAccumulation
+from train.schedule import GradientAccumulation
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "eval", "train_and_eval")

@@ -66,7 +66,7 @@ from absl import flags  # noqa: E402
 from train import create_pretraining_data as cpd  # noqa: E402
 from train import errors  # noqa: E402
 from train import flags as train_flags  # noqa: E402
-from train.pretraining import run_pretraining  # noqa: E402
+from train.pretrain_lib import run_pretraining  # noqa: E402
 
 
 def run_from_flags(flag_values):

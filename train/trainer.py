@@ -32,7 +32,7 @@ from tf_lamb import Lamb
 from train import input_pipeline
 from train import metrics
 from train import modeling
-from train import optimization
+from train import schedule
 
 # What each update's all-reduce carries, in this order.
 _SIGNALS = ("nonfinite_gradients", "mlm_loss_sum", "mlm_weight",
@@ -52,7 +52,7 @@ class LoopOutcome:
 
 
 def make_schedule(config, phases):
-    return optimization.PretrainingSchedule(
+    return schedule.PretrainingSchedule(
         config.learning_rate, phases[0].steps, config.effective_warmup_steps,
         config.end_learning_rate, config.poly_power, config.phase2_steps,
         config.phase2_learning_rate, config.phase2_warmup_steps,

@@ -1,4 +1,5 @@
-"""Learning-rate schedule of BERT pretraining with LAMB.
+"""The update arithmetic of a pretraining run: its learning-rate schedule,
+and how gradient-accumulation calls map to optimizer updates.
 
 Linear warmup, then polynomial decay to `end_learning_rate` (You et al.,
 2020, Section 4, after Goyal et al. and Devlin et al.).  With a second phase

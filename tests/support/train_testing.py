@@ -1,4 +1,7 @@
-"""Helpers shared by the tests of the train package (tests/test_train*.py)."""
+"""Helpers shared by the tests of the train package (tests/test_train*.py).
+
+Subprocesses get the repository root on PYTHONPATH (python_env), so that
+they import `train` and `tests.*` as the tests do."""
 
 import json
 import os
@@ -11,7 +14,8 @@ import time
 from train import corpus
 from train import create_pretraining_data as cpd
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def write_small_corpus(path, max_documents=300):

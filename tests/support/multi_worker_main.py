@@ -1,6 +1,7 @@
 """One worker of the 2-process MultiWorkerMirroredStrategy test.
 
-Usage: TF_CONFIG=... python multi_worker_main.py OUT.npz
+Usage: TF_CONFIG=... python -m tests.support.multi_worker_main OUT.npz
+(from the repository root)
 Trains `distributed_training.train_custom_loop` and saves the final weights.
 """
 
@@ -8,12 +9,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import distributed_training  # noqa: E402
+from tests.support import distributed_training  # noqa: E402
 
 
 def main(out):
