@@ -162,6 +162,23 @@ def parse_args(argv):
     add("--eval_gate", type=float, default=0.15,
         help="evaluate once the training loss is this close to the loose "
         "target")
+    _add_model_flags(add)
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = {a.split("=")[0].lstrip("-") for a in argv
+                 if a.startswith("--")}
+        for name, value in QUICK.items():
+            if name not in given:
+                setattr(args, name, value)
+    try:
+        check_args(args)
+    except StudyError as error:
+        parser.error(str(error))
+    return args
+
+
+def _add_model_flags(add):
+    """The optimizers' shared settings, the model, data and devices."""
     add("--weight_decay", type=float, default=0.01)
     add("--global_clipnorm", type=float, default=1.0,
         help="gradient clipping by global norm (0: none), for all three")
@@ -198,18 +215,6 @@ def parse_args(argv):
     add("--no_plot", action="store_true", help="skip the figure")
     add("--report_only", action="store_true",
         help="the table and figure from results.jsonl; run nothing")
-    args = parser.parse_args(argv)
-    if args.quick:
-        given = {a.split("=")[0].lstrip("-") for a in argv
-                 if a.startswith("--")}
-        for name, value in QUICK.items():
-            if name not in given:
-                setattr(args, name, value)
-    try:
-        check_args(args)
-    except StudyError as error:
-        parser.error(str(error))
-    return args
 
 
 def check_args(args):

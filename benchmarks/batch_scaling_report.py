@@ -204,6 +204,18 @@ def _log_axes(axes, x_base=10):
         axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def eval_cost_line(records):
+    """How much of the runs' wall time the held-out evaluations took."""
+    evals = sum(r.get("eval_count", 0) for r in records)
+    seconds = sum(r.get("eval_seconds", 0.0) for r in records)
+    wall = sum(r.get("wall_seconds", 0.0) for r in records)
+    if not evals:
+        return None
+    return (f"{len(records)} runs, {wall:.0f} s in all; {evals} held-out "
+            f"evaluations, {seconds / evals:.2f} s each, "
+            f"{100 * seconds / max(wall, 1e-9):.0f}% of the runs' time")
+
+
 def _error_bars(stats_list):
     medians, lows, highs = [], [], []
     for median, low, high in stats_list:
@@ -324,6 +336,9 @@ def report(output_dir, records, targets=None, draw=True, out=None):
               "at the best rate, over the seeds:\n")
     _common.print_table(TABLE_HEADER, rows, out)
     lines = summary_lines(summaries, targets)
+    cost = eval_cost_line(records)
+    if cost:
+        lines.append(cost)
     out.write("\n".join(lines) + "\n")
     with open(os.path.join(output_dir, TABLE_FILE), "w") as f:
         f.write(markdown_table(rows) + "\n" + "\n".join(
