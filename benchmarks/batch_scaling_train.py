@@ -205,6 +205,9 @@ class Session:
     def _iterator(self, seed):
         """The training examples in the order `seed` draws (the trainer's
         own pipeline, with this run's seed)."""
+        # tf.data's shuffle draws from (global seed, op seed): the global
+        # one is set too, or the order would depend on what ran before.
+        tf.random.set_seed(seed)
         fn = input_pipeline.dataset_fn(
             [self.setup.train_file], self.micro, self.setup.seq_length,
             self.setup.max_predictions, seed=seed,

@@ -278,8 +278,14 @@ def test_quick_study_end_to_end_and_resume(tmp_path, capsys):
     bs.main(argv + ["--no_plot"])
     after = (out / bs.RESULTS_FILE).read_text().splitlines()
     assert after[:-1] == lines[:-1]
-    assert bs.run_key(json.loads(after[-1])) == bs.run_key(
-        json.loads(lines[-1]))
+    redone, lost = json.loads(after[-1]), json.loads(lines[-1])
+    assert bs.run_key(redone) == bs.run_key(lost)
+    # The same run, whatever ran before it in the process: same data
+    # order, same initial weights, same evaluations.
+    assert [u for u, _ in redone["evals"]] == [u for u, _ in lost["evals"]]
+    assert [x for _, x in redone["evals"]] == pytest.approx(
+        [x for _, x in lost["evals"]], rel=1e-6)
+    assert redone["updates_to_target"] == lost["updates_to_target"]
     assert "[1] " in capsys.readouterr().out
     # A complete study reruns nothing.
     bs.main(argv + ["--no_plot"])
