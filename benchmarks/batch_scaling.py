@@ -336,7 +336,7 @@ def tune(args, optimizer, batch, execute):
 def pairs(args):
     """(optimizer, batch) in the order they run: by batch, so that a partial
     study covers every optimizer; the reference's own pair first at its
-    batch (its compiled model is reused)."""
+    batch (its compiled model is reused when that batch is the smallest)."""
     order = []
     for batch in sorted(args.batch_sizes):
         names = sorted(args.optimizers,
