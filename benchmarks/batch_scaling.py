@@ -40,7 +40,7 @@ Outputs, under --output_dir, written as they happen:
   results.jsonl   one JSON line per run; a rerun skips the runs found there
   table.md, batch_scaling.png   the report (benchmarks.batch_scaling_report)
 
-  python -m benchmarks.batch_scaling --output_dir=/tmp/study   # ~30 min CPU
+  python -m benchmarks.batch_scaling --output_dir=/tmp/study  # 64 min, 2 CPUs at load 8
   python -m benchmarks.batch_scaling --quick --output_dir=/tmp/q  # < 2 min
 
 Which optimizer wins is whatever the run measured.
