@@ -1,66 +1,68 @@
-"""benchmarks.batch_scaling: the study's plan, its bookkeeping, and a --quick
-study end to end (JSON lines, table, figure, resume after an interruption).
+"""benchmarks.batch_scaling: the plan and its tuning logic (against a fake
+trainer whose updates to target are known), the targets, censoring,
+resuming an interrupted study, and the --quick study end to end.
 
 Which optimizer wins is never asserted: that is what the study measures.
 """
 
 import json
 import math
-import os
 
 import pytest
 
 from benchmarks import batch_scaling as bs
-
-RESULT_FIELDS = {
-    "optimizer", "batch_size", "lr_multiplier", "learning_rate", "updates",
-    "examples", "micro_batch_size", "gradient_accumulation_steps",
-    "warmup_steps", "eval_masked_lm_loss", "eval_masked_lm_accuracy",
-    "eval_next_sentence_accuracy", "eval_next_sentence_loss",
-    "eval_examples", "train_mlm_loss", "examples_per_second", "wall_s",
-    "curve", "strategy", "replicas", "model_dir", "finished_at"}
+from benchmarks import batch_scaling_report as report
 
 
 def _args(*flags):
     return bs.parse_args(["--output_dir=/nonexistent", *flags])
 
 
-def test_default_plan_same_examples_sqrt_rule_accumulation():
+# -- the plan -----------------------------------------------------------------
+
+def test_default_plan_schedule_and_rates():
     args = _args()
-    runs = bs.plan(args)
-    assert len(runs) == 4 * 3 * 3
-    assert {r["batch_size"] for r in runs} == {64, 256, 1024, 4096}
-    for run in runs:
-        batch = run["batch_size"]
-        # Same examples for every batch size: fewer updates for bigger ones.
-        assert run["examples"] == 32768
-        assert run["updates"] * batch == 32768
-        expected = ({"tf_lamb": 4e-2, "keras_adamw": 4e-3,
-                     "keras_lamb": 4e-2}[run["optimizer"]]
-                    * (batch / 256) ** 0.5 * run["lr_multiplier"])
-        assert math.isclose(run["learning_rate"], expected, rel_tol=1e-5)
-        assert run["micro_batch_size"] == min(batch, 1024)
-        assert (run["micro_batch_size"] * run["gradient_accumulation_steps"]
-                == batch)
-        assert run["warmup_steps"] == round(0.1 * run["updates"])
-    assert {r["lr_multiplier"] for r in runs} == {0.5, 1.0, 2.0}
-    # Every run is distinct, so resuming can tell them apart.
-    assert len({bs.run_key(r) for r in runs}) == len(runs)
+    assert args.batch_sizes == (16, 64, 256, 1024)
+    assert len(args.lr_multipliers) >= 4
+    ratios = [b / a for a, b in zip(args.lr_multipliers,
+                                    args.lr_multipliers[1:])]
+    assert ratios == [2.0] * len(ratios)
+    assert args.seeds >= 3
+    # The cap is the same number of examples at every batch size:
+    # cap_factor times the reference's examples to the tight target.
+    cap_examples = 4 * 2 * 8192
+    for batch in args.batch_sizes:
+        cap, warmup, horizon = bs.schedule(args, batch)
+        assert cap == cap_examples // batch == horizon
+        assert warmup == round(0.025 * cap)
+        for optimizer in bs.OPTIMIZERS:
+            base = bs.DEFAULT_BASE_LEARNING_RATES[optimizer]
+            assert bs.learning_rate(args, optimizer, batch, 2.0) == (
+                pytest.approx(base * math.sqrt(batch / 64) * 2, rel=1e-5))
+    # By batch; the reference's pair first at its batch.
+    assert bs.pairs(args)[:4] == [
+        ("tf_lamb", 16), ("keras_adamw", 16), ("keras_lamb", 16),
+        ("keras_adamw", 64)]
+    assert bs.reference_points(args) == [64, 128, 256]
+    assert bs.grid_order((0.5, 1.0, 2.0, 4.0)) == [1.0, 2.0, 0.5, 4.0]
 
 
 def test_quick_flags_and_explicit_flags_win():
-    args = _args("--quick", "--examples=512")
+    args = _args("--quick", "--seeds=3")
     assert args.batch_sizes == bs.QUICK["batch_sizes"]
-    assert args.lr_multipliers == (1.0,)
-    assert args.examples == 512
+    assert len(args.batch_sizes) == 2
+    assert args.seeds == 3
+    assert _args("--quick").seeds == 2
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--examples=1000"], "not a multiple of batch size"),
     (["--optimizers=sgd"], "--optimizers must be among"),
     (["--lr_multipliers=0"], "--lr_multipliers must be > 0"),
     (["--eval_share=1"], "--eval_share"),
     (["--base_learning_rates=adam=1e-3"], "optimizer=rate pairs"),
+    (["--cap_factor=1"], "--cap_factor must be > 1"),
+    (["--reference_examples=64"], "at least two batches"),
+    (["--seeds=0"], "--seeds must be >= 1"),
 ])
 def test_bad_settings_are_named(flags, message, capsys):
     with pytest.raises(SystemExit):
@@ -68,191 +70,224 @@ def test_bad_settings_are_named(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_micro_batch_divides_the_batch():
-    # 96 examples under a cap of 64: two micro-batches of 48.
-    runs = bs.plan(_args("--batch_sizes=96", "--examples=960",
-                         "--max_micro_batch=64"))
-    assert {(r["micro_batch_size"], r["gradient_accumulation_steps"])
-            for r in runs} == {(48, 2)}
-    assert bs.micro_batch(4096, 1024) == 1024
-    assert bs.micro_batch(7, 4) == 1
+# -- tuning, against a fake trainer --------------------------------------------
+
+def _fake_trainer(updates_at, tight_factor=2):
+    """execute(run): the run reaches the main target after
+    updates_at(multiplier, seed) updates (None: never) and the tight one
+    after tight_factor times that, within its cap."""
+    calls = []
+
+    def execute(run):
+        calls.append(run)
+        main = updates_at(run["lr_multiplier"], run["seed"])
+        cap = run["cap_updates"]
+        reached_main = main if main is not None and main <= cap else None
+        tight = None if main is None else tight_factor * main
+        reached_tight = tight if tight is not None and tight <= cap else None
+        return dict(run, updates_to_target=reached_main, target_loss=5.0,
+                    stopped_at=reached_tight or cap,
+                    final_loss=1.0 if reached_main else 2.0 + 1 / run["lr"],
+                    eval_count=1, wall_seconds=0.0)
+    return execute, calls
+
+
+def test_tuning_widens_at_the_edge_caps_relative_and_seeds_the_best():
+    args = _args("--lr_multipliers=0.5,1,2,4", "--seeds=3",
+                 "--max_widenings=3")
+    # The fewest updates at 16x: the grid widens to 8x, then 16x, 32x.
+    execute, calls = _fake_trainer(
+        lambda m, seed: int(100 * (abs(math.log2(m) - 4) + 1)) + seed)
+    records = bs.tune(args, "tf_lamb", 64, execute)
+    tuning = [c for c in calls if c["stage"] == "tune"]
+    assert [c["lr_multiplier"] for c in tuning] == [1, 2, 0.5, 4, 8, 16, 32]
+    full_cap = bs.schedule(args, 64)[0]
+    assert tuning[0]["cap_updates"] == full_cap
+    # Every later tuning run stops at 1.5x the best run's stop so far.
+    best_stop = None
+    for call, record in zip(tuning, records):
+        if best_stop is not None:
+            assert call["cap_updates"] == min(
+                full_cap, math.ceil(1.5 * best_stop))
+        if record["updates_to_target"] is not None and (
+                best_stop is None or record["stopped_at"] < best_stop):
+            best_stop = record["stopped_at"]
+    seeds = [c for c in calls if c["stage"] == "seed"]
+    assert [(c["lr_multiplier"], c["seed"]) for c in seeds] == [
+        (16, 1), (16, 2)]
+    assert all(c["cap_updates"] == full_cap for c in seeds)
+    assert len(records) == 7 + 2
+
+
+def test_tuning_widens_downwards_and_stops_at_the_limit():
+    args = _args("--lr_multipliers=0.5,1,2,4", "--max_widenings=1",
+                 "--seeds=1")
+    execute, calls = _fake_trainer(lambda m, seed: int(50 / m))
+    bs.tune(args, "keras_adamw", 16, execute)
+    # Larger rates are faster: the grid widens once, upwards; then the
+    # other way round, downwards.
+    assert [c["lr_multiplier"] for c in calls] == [1, 2, 0.5, 4, 8]
+    execute, calls = _fake_trainer(lambda m, seed: int(50 * m))
+    bs.tune(args, "keras_adamw", 16, execute)
+    assert [c["lr_multiplier"] for c in calls] == [1, 2, 0.5, 4, 0.25]
+
+
+def test_censored_runs_are_kept_and_ranked_last():
+    args = _args("--lr_multipliers=0.5,1,2,4", "--max_widenings=0",
+                 "--seeds=2")
+    # Only 2x ever reaches the target.
+    execute, calls = _fake_trainer(
+        lambda m, seed: 200 if m == 2 else None)
+    records = bs.tune(args, "keras_lamb", 256, execute)
+    assert len(records) == 4 + 1
+    censored = [r for r in records if r["updates_to_target"] is None]
+    assert {r["lr_multiplier"] for r in censored} == {0.5, 1.0, 4.0}
+    assert calls[-1]["lr_multiplier"] == 2 and calls[-1]["seed"] == 1
+    # All censored: the best is the lowest loss where the runs stopped
+    # (here the largest rate), and the edge widens towards it.
+    args = _args("--lr_multipliers=1,2", "--max_widenings=1", "--seeds=1")
+    execute, calls = _fake_trainer(lambda m, seed: None)
+    records = bs.tune(args, "keras_lamb", 256, execute)
+    assert [c["lr_multiplier"] for c in calls] == [1, 2, 4]
+    assert all(r["updates_to_target"] is None for r in records)
+
+
+# -- targets and records -------------------------------------------------------
+
+def test_targets_from_the_reference_are_rounded_up_and_must_fall():
+    assert bs.targets_from_losses([6.01, 5.9012, 5.8]) == dict(
+        loose=6.01, main=5.902, tight=5.8)
+    with pytest.raises(bs.StudyError, match="do not fall"):
+        bs.targets_from_losses([6.0, 5.9, 5.95])
+    with pytest.raises(bs.StudyError, match="do not fall"):
+        bs.targets_from_losses([6.0, float("nan"), 5.5])
+
+
+def test_record_of_a_censored_run():
+    from benchmarks.batch_scaling_train import Outcome
+    args = _args()
+    run = bs.make_run(args, "tf_lamb", 256, 1.0, 0, "tune")
+    targets = dict(loose=6.0, main=5.9, tight=5.8)
+    outcome = Outcome(reached={6.0: 40, 5.9: None, 5.8: None},
+                      evals=[[40, 5.99], [256, 5.95]], stopped_at=256,
+                      final_loss=5.95, diverged=False, train_seconds=1.0,
+                      eval_seconds=0.5)
+    record = bs.make_record(run, outcome, targets, 2.0)
+    json.dumps(record, allow_nan=False)  # a valid JSON line
+    for field in ("optimizer", "batch", "lr", "seed", "target_loss",
+                  "updates_to_target", "examples_to_target", "final_loss",
+                  "wall_seconds"):
+        assert field in record
+    assert record["updates_to_target"] is None
+    assert record["examples_to_target"] is None
+    assert record["censored"] is True
+    assert record["target_loss"] == 5.9
+    assert record["loose_updates_to_target"] == 40
+    assert record["loose_examples_to_target"] == 40 * 256
+
+
+# -- resuming ------------------------------------------------------------------
+
+def test_interrupted_sweep_resumes_with_only_the_missing_runs(tmp_path):
+    args = _args("--batch_sizes=16,64", "--optimizers=tf_lamb,keras_adamw",
+                 "--lr_multipliers=1,2", "--max_widenings=0", "--seeds=2")
+    execute, calls = _fake_trainer(lambda m, seed: int(300 * m) + seed)
+    path = str(tmp_path / bs.RESULTS_FILE)
+    done = {}
+    full = bs.sweep(args, execute, done, path, log=lambda line: None)
+    assert len(full) == len(calls) == 4 * 3
+    lines = open(path).read().splitlines()
+
+    # Killed after 5 runs, while writing the 6th line.
+    with open(path, "w") as f:
+        f.write("\n".join(lines[:5]) + "\n" + lines[5][:30])
+    records = bs.read_results(path)
+    assert len(records) == 5
+    assert open(path).read().splitlines() == lines[:5]  # rewritten
+    execute, calls = _fake_trainer(lambda m, seed: int(300 * m) + seed)
+    done = {bs.run_key(r): r for r in records}
+    again = bs.sweep(args, execute, done, path, log=lambda line: None)
+    assert [bs.run_key(c) for c in calls] == [
+        bs.run_key(json.loads(line)) for line in lines[5:]]
+    assert [bs.run_key(r) for r in again] == [bs.run_key(r) for r in full]
+    assert open(path).read().splitlines() == lines
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path):
     settings = bs.study_settings(_args())
     bs.check_study_file(str(tmp_path), settings)
     bs.check_study_file(str(tmp_path), dict(settings))  # same: fine
-    with pytest.raises(bs.StudyError, match="hidden: 64 there, 128 now"):
-        bs.check_study_file(str(tmp_path), dict(settings, hidden=128))
+    with pytest.raises(bs.StudyError, match="hidden: 32 there, 64 now"):
+        bs.check_study_file(str(tmp_path), dict(settings, hidden=64))
 
 
-def _record(optimizer, batch, multiplier, loss, curve=()):
-    return dict(optimizer=optimizer, batch_size=batch,
-                lr_multiplier=multiplier, learning_rate=0.01 * multiplier,
-                updates=1024 // batch, micro_batch_size=min(batch, 64),
-                gradient_accumulation_steps=max(1, batch // 64),
-                eval_masked_lm_loss=loss, eval_masked_lm_accuracy=0.1,
-                eval_next_sentence_accuracy=0.5, wall_s=1.0,
-                curve=[list(p) for p in curve])
+# -- the quick study, for real --------------------------------------------------
+
+def _check_run(record, levels):
+    """A record agrees with its own evaluations."""
+    batch, cap = record["batch"], record["cap_updates"]
+    assert 0 < record["stopped_at"] <= cap
+    if record["diverged"]:
+        assert record["updates_to_target"] is None
+        return
+    assert record["evals"][-1][0] == record["stopped_at"]
+    for name in bs.TARGET_NAMES:
+        target = levels[name]
+        first = next((u for u, loss in record["evals"] if loss <= target),
+                     None)
+        assert record[f"{name}_updates_to_target"] == first
+        assert record[f"{name}_examples_to_target"] == (
+            None if first is None else first * batch)
+    # It stops at the tight target, or else at its cap.
+    assert record["stopped_at"] in (record["tight_updates_to_target"], cap)
+    assert record["final_loss"] == record["evals"][-1][1]
 
 
-SYNTHETIC = [
-    _record("tf_lamb", 16, 0.5, 5.0), _record("tf_lamb", 16, 1.0, 4.0),
-    _record("tf_lamb", 16, 2.0, None),  # diverged
-    _record("keras_adamw", 16, 1.0, 4.5),
-    _record("tf_lamb", 256, 1.0, 6.0, [(512, 6.5), (1024, 6.0)]),
-    _record("tf_lamb", 256, 2.0, 5.5, [(512, 6.2), (1024, 5.5)]),
-    _record("keras_adamw", 256, 0.5, None), _record("keras_adamw", 256, 1.0,
-                                                    None),
-]
-
-
-def test_best_runs_by_held_out_loss():
-    best = bs.best_runs(SYNTHETIC)
-    assert best[("tf_lamb", 16)]["lr_multiplier"] == 1.0
-    assert best[("tf_lamb", 256)]["lr_multiplier"] == 2.0
-    assert best[("keras_adamw", 16)]["eval_masked_lm_loss"] == 4.5
-    # All diverged: the pair stays in the table, marked so.
-    assert best[("keras_adamw", 256)]["eval_masked_lm_loss"] is None
-    rows = bs.table_rows(SYNTHETIC)
-    assert [(r[0], r[1]) for r in rows] == [
-        (16, "tf_lamb.Lamb"), (16, "keras AdamW"), (256, "tf_lamb.Lamb"),
-        (256, "keras AdamW")]
-    assert rows[0][2] == "0.01 (1x)"  # the middle of the grid
-    assert rows[2][2].endswith("(2x) edge")  # may not be the optimum
-    assert rows[3][4] == "diverged"
-    assert rows[2][3] == "4 (4x64)"
-
-
-def test_plot_draws_best_losses_and_largest_batch_curve(tmp_path):
-    pytest.importorskip("matplotlib")
-    path = tmp_path / "plot.png"
-    figure = bs.plot(SYNTHETIC, str(path))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    by_batch, by_examples = figure.axes
-    lines = {line.get_label(): line for line in by_batch.get_lines()}
-    # keras AdamW's only finite best is at batch 16.
-    assert list(lines["tf_lamb.Lamb"].get_xdata()) == [16, 256]
-    assert list(lines["tf_lamb.Lamb"].get_ydata()) == [4.0, 5.5]
-    assert list(lines["keras AdamW"].get_xdata()) == [16]
-    assert by_batch.get_xscale() == "log"
-    curves = {line.get_label(): line for line in by_examples.get_lines()}
-    assert set(curves) == {"tf_lamb.Lamb"}  # AdamW's diverged: no curve
-    assert list(curves["tf_lamb.Lamb"].get_ydata()) == [6.2, 5.5]
-
-
-def test_held_out_documents_from_an_input_file(tmp_path):
-    """--input_file: every tenth document is held out, and its examples are
-    made from it alone, with the vocabulary learnt from training text."""
-    from train import corpus
-    from train import create_pretraining_data as cpd
-    documents = corpus.stdlib_documents(60)
-    text = tmp_path / "corpus.txt"
-    corpus.write_text_corpus(documents, str(text))
-    args = _args("--quick", f"--input_file={text}", "--max_documents=50")
-    paths = bs.make_data(args, str(tmp_path / "data"))
-    info = json.loads((tmp_path / "data" / "data.json").read_text())
-    assert (info["train_documents"], info["eval_documents"]) == (45, 5)
-    # The held-out examples are those of documents 0, 10, ..., 40 alone.
-    held_out = [documents[i] for i in range(0, 50, 10)]
-    expected = tmp_path / "expected.tfrecord"
-    cpd.create_pretraining_data(
-        held_out, [str(expected)], vocab_file=paths["vocab"],
-        max_seq_length=args.seq_length, max_predictions=args.max_predictions,
-        dupe_factor=args.eval_dupe_factor, seed=args.seed + 1)
-    assert open(paths["eval"], "rb").read() == expected.read_bytes()
-    assert _count_records(paths["eval"]) == info["eval_examples"] > 0
-    assert _count_records(paths["train"]) == info["train_examples"] > 0
-    vocab = cpd.read_vocab(paths["vocab"])
-    config = json.loads(open(paths["bert_config"]).read())
-    assert config["vocab_size"] == len(vocab) == info["vocab_size"]
-    assert (config["hidden_size"], config["max_position_embeddings"]) == (
-        args.hidden, args.seq_length)
-    # Made once: a second call reuses the files.
-    before = os.path.getmtime(paths["train"])
-    assert bs.make_data(args, str(tmp_path / "data")) == paths
-    assert os.path.getmtime(paths["train"]) == before
-
-
-def test_missing_input_file_is_named(tmp_path):
-    args = _args("--quick", f"--input_file={tmp_path}/none.txt")
-    with pytest.raises(bs.StudyError, match="none.txt"):
-        bs.make_data(args, str(tmp_path / "data"))
-
-
-def _count_records(path):
-    import tensorflow as tf
-    return sum(1 for _ in tf.data.TFRecordDataset(path))
-
-
-def test_quick_study_outputs_and_resume(tmp_path, capsys):
-    """The --quick study for two optimizers; then a study killed after one
-    run went missing and while writing another line is rerun: only that run
-    is redone."""
+def test_quick_study_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "study"
     argv = ["--quick", "--optimizers=tf_lamb,keras_adamw",
             f"--output_dir={out}"]
     records = bs.main(argv)
     printed = capsys.readouterr().out
-    args = bs.parse_args(argv)
-    results = out / bs.RESULTS_FILE
-    lines = results.read_text().splitlines()
-    assert len(lines) == len(records) == 2 * 2
+    targets = json.loads((out / bs.TARGETS_FILE).read_text())
+    levels = targets["targets"]
+    assert levels["loose"] > levels["main"] > levels["tight"]
+    assert targets["points_examples"] == [128, 256, 512]
+    lines = (out / bs.RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == len(records) >= 2 * 2 * (2 + 1)
     data = json.loads((out / "data" / "data.json").read_text())
-    eval_examples = _count_records(data["paths"]["eval"])
-    largest = max(args.batch_sizes)
     for line in lines:
         record = json.loads(line)
-        assert RESULT_FIELDS <= set(record), RESULT_FIELDS - set(record)
-        assert record["optimizer"] in ("tf_lamb", "keras_adamw")
-        assert record["examples"] == args.examples
-        assert record["updates"] * record["batch_size"] == args.examples
-        # Evaluated on every held-out record (made from held-out documents).
-        assert record["eval_examples"] == eval_examples
-        loss = record["eval_masked_lm_loss"]
-        # Better than guessing uniformly over the vocabulary, not perfect.
-        assert 0 < loss < math.log(data["vocab_size"]) + 0.5
-        assert 0 <= record["eval_masked_lm_accuracy"] <= 1
-        assert 0 <= record["eval_next_sentence_accuracy"] <= 1
-        assert record["wall_s"] > 0
-        curve = record["curve"]
-        if record["batch_size"] == largest:
-            assert [p[0] for p in curve] == [
-                args.examples // args.curve_points * (i + 1)
-                for i in range(args.curve_points)]
-        else:
-            assert [p[0] for p in curve] == [args.examples]
-        assert curve[-1][1] == pytest.approx(loss)
-    assert "Best run per (optimizer, batch size)" in printed
-    table = (out / bs.TABLE_FILE).read_text().splitlines()
-    assert len(table) == 2 + 4
-    if _has_matplotlib():
-        assert (out / bs.PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
+        assert record["target_loss"] == levels["main"]
+        _check_run(record, levels)
+        # Better than guessing uniformly over the vocabulary.
+        assert record["final_loss"] < math.log(data["vocab_size"])
+    for optimizer in ("tf_lamb", "keras_adamw"):
+        for batch in (8, 32):
+            seeds = {json.loads(x)["seed"] for x in lines
+                     if json.loads(x)["optimizer"] == optimizer
+                     and json.loads(x)["batch"] == batch}
+            assert seeds == {0, 1}
+    assert "largest batch within 1.25x of perfect scaling" in printed
+    assert (out / report.TABLE_FILE).exists()
+    pytest.importorskip("matplotlib")
+    assert (out / report.PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
 
-    # Interrupted: the second run's line is gone and a line was cut short.
-    kept = [lines[0]] + lines[2:]
-    results.write_text("\n".join(kept) + "\n" + lines[1][:40])
-    missing = json.loads(lines[1])
-    rerun = bs.main(argv)
-    printed = capsys.readouterr().out
-    assert "dropped 1 incomplete line" in printed
-    assert "4 runs in the plan, 3 already" in printed
-    after = results.read_text().splitlines()
-    assert after[:3] == kept  # finished runs untouched
-    redone = json.loads(after[3])
-    assert bs.run_key(redone) == bs.run_key(missing)
-    assert redone["finished_at"] >= missing["finished_at"]
-    assert len(rerun) == 4
-
+    # Interrupted: the last run's line is lost; only that run is redone.
+    (out / bs.RESULTS_FILE).write_text("\n".join(lines[:-1]) + "\n")
+    bs.main(argv + ["--no_plot"])
+    after = (out / bs.RESULTS_FILE).read_text().splitlines()
+    assert after[:-1] == lines[:-1]
+    redone, lost = json.loads(after[-1]), json.loads(lines[-1])
+    assert bs.run_key(redone) == bs.run_key(lost)
+    # The same run, whatever ran before it in the process: same data
+    # order, same initial weights, same evaluations.
+    assert [u for u, _ in redone["evals"]] == [u for u, _ in lost["evals"]]
+    assert [x for _, x in redone["evals"]] == pytest.approx(
+        [x for _, x in lost["evals"]], rel=1e-6)
+    assert redone["updates_to_target"] == lost["updates_to_target"]
+    assert "[1] " in capsys.readouterr().out
     # A complete study reruns nothing.
     bs.main(argv + ["--no_plot"])
-    assert "4 runs in the plan, 4 already" in capsys.readouterr().out
-    assert results.read_text().splitlines() == after
-
-
-def _has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    assert "[1] " not in capsys.readouterr().out
+    assert (out / bs.RESULTS_FILE).read_text().splitlines() == after
