@@ -270,7 +270,9 @@ def init_from_checkpoint(model, path):
                         len(unused_weights), prefix,
                         ", ".join(unused_weights[:10]))
     parameters = sum(int(value.size) for value in values)
-    logging.info("Initialised %d variables (%d parameters) from %s checkpoint "
-                 "%s; ignored %d checkpoint entries", len(plan), parameters,
-                 kind, prefix, len(ignored))
+    # Callers say what they loaded in their own words (run_pretraining's
+    # "Initialised ..." line); this is for --verbosity=1.
+    logging.debug("Initialised %d variables (%d parameters) from %s "
+                  "checkpoint %s; ignored %d checkpoint entries", len(plan),
+                  parameters, kind, prefix, len(ignored))
     return len(plan), parameters

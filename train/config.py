@@ -250,6 +250,14 @@ def _one_of(name, value, choices):
 
 def _validate(c):
     """InputError for unknown, contradictory or impossible settings."""
+    for check in (_check_choices, _check_counts, _check_schedule,
+                  _check_optimizer, _check_examples,
+                  _check_outputs_and_mode):
+        check(c)
+
+
+def _check_choices(c):
+    """Names from fixed lists, and settings that contradict each other."""
     _one_of("strategy", c.strategy, STRATEGIES)
     _one_of("mixed_precision", c.mixed_precision, PRECISIONS)
     _one_of("mode", c.mode, MODES)
@@ -272,6 +280,10 @@ def _validate(c):
     if c.mixed_precision == "mixed_float16" and c.strategy == "tpu":
         raise InputError("TPUs do not run float16; use "
                          "--mixed_precision=mixed_bfloat16")
+
+
+def _check_counts(c):
+    """Counts and bounds of single settings."""
     for name in ("train_batch_size", "gradient_accumulation_steps",
                  "num_train_steps", "save_checkpoints_steps", "log_steps",
                  "keep_checkpoint_max", "shuffle_buffer", "steps_per_loop",
@@ -289,6 +301,10 @@ def _validate(c):
         value = getattr(c, name)
         if value is not None and value < 1:
             raise InputError(f"--{name} must be >= 1, got {value}")
+
+
+def _check_schedule(c):
+    """The phases, their warmups, files and learning rates."""
     if c.phase2_steps < 0 or c.phase2_steps >= c.num_train_steps:
         raise InputError(
             f"--phase2_steps must be in [0, num_train_steps="
@@ -324,6 +340,11 @@ def _validate(c):
                          f"learning_rate], got {c.end_learning_rate}")
     if c.poly_power <= 0:
         raise InputError(f"--poly_power must be > 0, got {c.poly_power}")
+
+
+def _check_optimizer(c):
+    """Clipping, loss scaling and EMA, then Lamb's own rules on the
+    arguments it will be given."""
     clips = [n for n in ("clipnorm", "clipvalue", "global_clipnorm")
              if getattr(c, n)]
     if len(clips) > 1:
@@ -351,6 +372,10 @@ def _validate(c):
     except ValueError as error:
         # Lamb names its argument, which is the flag of the same name.
         raise InputError(f"LAMB setting: {error}") from None
+
+
+def _check_examples(c):
+    """The example-making settings, for each phase."""
     try:
         examples.check_flags(c.max_seq_length, c.max_predictions_per_seq,
                              c.masked_lm_prob, c.short_seq_prob,
@@ -368,6 +393,10 @@ def _validate(c):
                              f"{c.phase2_max_seq_length}, "
                              f"--phase2_max_predictions_per_seq="
                              f"{c.phase2_max_predictions_per_seq})") from None
+
+
+def _check_outputs_and_mode(c):
+    """The export path, and what each --mode reads."""
     if c.export_path and os.path.abspath(c.export_path) == os.path.abspath(
             c.model_dir):
         raise InputError("--export_dir must differ from --model_dir")
