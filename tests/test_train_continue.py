@@ -13,12 +13,7 @@ from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
 from train import evaluation
 
-BERT_CONFIG = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 64, "type_vocab_size": 2,
-    "initializer_range": 0.02}
+BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +21,9 @@ def setup(tmp_path_factory):
     """Records, a held-out eval set of another text, a bert_config.json, a
     run of 4 updates (ours) and its weights as a Google checkpoint."""
     root = tmp_path_factory.mktemp("continue")
-    files, vocab = train_testing.make_records(str(root / "train"),
-                                              max_documents=120,
-                                              dupe_factor=1)
-    eval_files, _ = train_testing.make_records(
-        str(root / "eval"), vocab_file=vocab, name="eval", shards=1,
-        max_documents=40, dupe_factor=1)
-    vocab_size = len(open(vocab).read().splitlines())
-    config_path = root / "bert_config.json"
-    config_path.write_text(json.dumps(dict(BERT_CONFIG,
-                                           vocab_size=vocab_size)))
+    made = train_testing.small_run_files(root, eval_documents=40)
+    files, vocab, eval_files = made["files"], made["vocab"], made["eval_files"]
+    vocab_size, config_path = made["vocab_size"], made["bert_config_file"]
     common = dict(max_seq_length=32, max_predictions_per_seq=5,
                   train_batch_size=8, warmup_steps=1, shuffle_buffer=100,
                   export_dir="none", bert_config_file=str(config_path),

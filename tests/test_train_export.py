@@ -18,12 +18,7 @@ from train import checkpoints
 from train import export
 from train import modeling
 
-BERT_CONFIG = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 64, "type_vocab_size": 2,
-    "initializer_range": 0.02}
+BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 SEQ, PREDICTIONS = 32, 5
 GOOGLE_FILES = {"bert_config.json", "vocab.txt", "bert_model.ckpt.index",
                 "bert_model.ckpt.data-00000-of-00001"}
@@ -34,16 +29,9 @@ def run(tmp_path_factory):
     """A run of 4 updates (no end-of-training export) and held-out eval
     records of another text."""
     root = tmp_path_factory.mktemp("export")
-    files, vocab = train_testing.make_records(str(root / "train"),
-                                              max_documents=120,
-                                              dupe_factor=1)
-    eval_files, _ = train_testing.make_records(
-        str(root / "eval"), vocab_file=vocab, name="eval", shards=1,
-        max_documents=30, dupe_factor=1)
-    vocab_size = len(open(vocab).read().splitlines())
-    config_path = root / "bert_config.json"
-    config_path.write_text(json.dumps(dict(BERT_CONFIG,
-                                           vocab_size=vocab_size)))
+    made = train_testing.small_run_files(root, eval_documents=30)
+    files, vocab, eval_files = made["files"], made["vocab"], made["eval_files"]
+    vocab_size, config_path = made["vocab_size"], made["bert_config_file"]
     common = dict(max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS,
                   bert_config_file=str(config_path), vocab_file=vocab,
                   export_dir="none")

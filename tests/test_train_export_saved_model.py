@@ -20,12 +20,7 @@ from tests.support import train_testing
 from train import PretrainConfig, run_pretraining
 from train import export
 
-BERT_CONFIG = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 64, "type_vocab_size": 2,
-    "initializer_range": 0.02}
+BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 
 
@@ -33,13 +28,9 @@ INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 def run(tmp_path_factory):
     """A run of 4 updates and the SavedModel its end wrote."""
     root = tmp_path_factory.mktemp("saved_model")
-    files, vocab = train_testing.make_records(str(root / "train"),
-                                              max_documents=120,
-                                              dupe_factor=1)
-    vocab_size = len(open(vocab).read().splitlines())
-    config_path = root / "bert_config.json"
-    config_path.write_text(json.dumps(dict(BERT_CONFIG,
-                                           vocab_size=vocab_size)))
+    made = train_testing.small_run_files(root)
+    files, vocab = made["files"], made["vocab"]
+    vocab_size, config_path = made["vocab_size"], made["bert_config_file"]
     trained = run_pretraining(PretrainConfig(
         model_dir=str(root / "run"), train_files=files, num_train_steps=4,
         log_steps=4, train_batch_size=8, warmup_steps=1, shuffle_buffer=100,

@@ -43,6 +43,37 @@ def make_records(directory, seq_length=32, predictions=5, vocab_file=None,
     return outputs, vocab
 
 
+# A BERT small enough for end-to-end runs of a few updates.
+SMALL_BERT_CONFIG = {
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 64, "type_vocab_size": 2,
+    "initializer_range": 0.02}
+
+
+def small_run_files(root, eval_documents=None):
+    """Records of the first 120 documents (32 tokens, 5 predictions), their
+    vocabulary and a bert_config.json of SMALL_BERT_CONFIG for it, under
+    the pathlib folder `root`; with `eval_documents`, also held-out records
+    of the first that many documents. Returns a dict: files, vocab,
+    vocab_size, bert_config_file, eval_files (or None)."""
+    files, vocab = make_records(str(root / "train"), max_documents=120,
+                                dupe_factor=1)
+    eval_files = None
+    if eval_documents:
+        eval_files, _ = make_records(
+            str(root / "eval"), vocab_file=vocab, name="eval", shards=1,
+            max_documents=eval_documents, dupe_factor=1)
+    with open(vocab) as f:
+        vocab_size = len(f.read().splitlines())
+    config_path = root / "bert_config.json"
+    config_path.write_text(json.dumps(dict(SMALL_BERT_CONFIG,
+                                           vocab_size=vocab_size)))
+    return {"files": files, "vocab": vocab, "vocab_size": vocab_size,
+            "bert_config_file": str(config_path), "eval_files": eval_files}
+
+
 def free_ports(count):
     """Ports free on 127.0.0.1 right now (kept open until all are found)."""
     sockets = []
