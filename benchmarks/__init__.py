@@ -14,10 +14,16 @@ optimizer_step times as XLA programs, for a device without TensorFlow.
 `python -m benchmarks.run_hlo`: times those programs with jaxlib on any XLA
 device (a GPU, say) and checks them against TensorFlow's results.
 
-`python -m benchmarks.batch_scaling`: the batch-size study: BERT pretraining
-with tf_lamb.Lamb vs keras AdamW vs keras Lamb over a range of batch sizes
-(a learning-rate sweep at each), with its table and figure.
+`python -m benchmarks.profile_hlo`: the device's kernel time of those
+programs, from a profiler trace (on a GPU a host-timed call mostly measures
+the host).
 
-`python -m benchmarks.finetune`: fine-tuning from a pretrained checkpoint
-with each optimizer (see its docstring).
+`python -m benchmarks.batch_scaling`: the batch-size study: updates to a
+held-out loss target for tf_lamb.Lamb, keras AdamW and keras Lamb at each
+batch size, the learning rate tuned per batch, several seeds.
+`python -m benchmarks.batch_scaling_report`: its table, figure and summary
+from the results.
+
+`python -m benchmarks.finetune`: a downstream classifier fine-tuned from a
+pretrained SavedModel and from a random encoder of the same config.
 """

@@ -23,6 +23,7 @@ import re
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _VARIABLE_ATTRIBUTE = "VARIABLE_VALUE"
@@ -137,7 +138,6 @@ def _object_graph_keys(reader, model):
     root reached each variable.
     """
     # Imported here: only object-based checkpoints need the proto.
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
     root_children = {c.local_name: c.node_id for c in graph.nodes[0].children}

@@ -1,9 +1,9 @@
 """Where a run's examples come from: checked files, or examples made here.
 
 Everything is decided from a `PretrainConfig` and returned; nothing here
-changes the phases it is given. The checks (`resolve_model`,
-`check_model_dir`, `find_source`, `train_files`) write nothing; only
-`prepare_examples` writes, into the run's data directory.
+changes the phases it is given. The checks (`find_source`, `train_files`)
+write nothing; only `prepare_examples` writes, into the run's data
+directory. Which model a run trains is `train.model_setup`'s.
 """
 
 import dataclasses
@@ -17,9 +17,8 @@ import tensorflow as tf
 from train import corpus
 from train import examples
 from train import input_pipeline
-from train import modeling
 from train import tokenization
-from train.config import InputError
+from train.errors import InputError
 
 
 @dataclasses.dataclass
@@ -31,80 +30,6 @@ class TextSource:
     # Identifies the text's version (file sizes and times), so that examples
     # made from an older version of the text are not reused.
     fingerprint: Optional[list] = None
-
-
-def resolve_model(config, phases):
-    """(BertConfig or None if it waits for a learnt vocabulary, vocab tokens
-    or None)."""
-    tokens = None
-    if config.vocab_file:
-        try:
-            tokens = tokenization.read_vocab(config.vocab_file)
-        except ValueError as error:
-            raise InputError(str(error)) from None
-    bert_config = None
-    try:
-        if config.bert_config_file:
-            bert_config = modeling.BertConfig.from_json_file(
-                config.bert_config_file)
-        elif tokens is not None:
-            bert_config = modeling.BertConfig.for_size(
-                config.model_size_name, len(tokens))
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if bert_config is not None and tokens is not None and (
-            len(tokens) != bert_config.vocab_size):
-        raise InputError(
-            f"Vocab file {config.vocab_file} has {len(tokens)} tokens but the "
-            f"model's vocab_size is {bert_config.vocab_size}: they do not "
-            f"match")
-    if config.train_files and bert_config is None:
-        raise InputError("--train_files needs --vocab_file or "
-                         "--bert_config_file (to know the vocabulary size)")
-    if bert_config is not None:
-        longest = max(p.seq_length for p in phases)
-        if longest > bert_config.max_position_embeddings:
-            raise InputError(
-                f"Sequences of {longest} tokens exceed the model's "
-                f"max_position_embeddings="
-                f"{bert_config.max_position_embeddings}")
-    return bert_config, tokens
-
-
-def saved_bert_config(model_dir):
-    """The bert_config.json of a run in `model_dir` as a dict, or None."""
-    path = os.path.join(model_dir, "bert_config.json")
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as fh:
-        return json.load(fh)
-
-
-def check_model_dir(config, bert_config):
-    """A checkpoint in --model_dir must be of the same model."""
-    model_dir = config.model_dir
-    if not tf.io.gfile.exists(model_dir):
-        return
-    if not tf.io.gfile.isdir(model_dir):
-        raise InputError(f"--model_dir {model_dir} is not a directory")
-    if tf.train.latest_checkpoint(model_dir) is None:
-        return
-    saved = saved_bert_config(model_dir)
-    if saved is None:
-        raise InputError(f"--model_dir {model_dir} holds a checkpoint but "
-                         f"no bert_config.json: not a run of this program")
-    if bert_config is None:
-        # The vocabulary is still to be learnt: compare all but its size.
-        bert_config = modeling.BertConfig.for_size(
-            config.model_size_name, saved.get("vocab_size", 1))
-    wanted = bert_config.to_dict()
-    if saved != wanted:
-        changed = sorted(k for k in set(saved) | set(wanted)
-                         if saved.get(k) != wanted.get(k))
-        raise InputError(
-            f"--model_dir {model_dir} holds a checkpoint of another "
-            f"model (differs in {', '.join(changed)}); use a new "
-            f"--model_dir")
 
 
 def train_files(config, phases, bert_config):

@@ -31,13 +31,14 @@ import tensorflow as tf
 from tf_lamb import distribute
 from train import actions
 from train import checkpoints
-from train import tokenization
 from train import data
 from train import evaluation
 from train import export
 from train import input_pipeline
+from train import model_setup
 from train import modeling
 from train import run_checkpoints
+from train import tokenization
 from train import trainer as trainer_lib
 from train.controller import Controller
 # Tests and callers of an earlier version import it from here.
@@ -102,11 +103,11 @@ def _check(config, strategy):
         raise InputError(
             f"--eval_batch_size={config.eval_batch_size} is not divisible "
             f"by the {strategy.num_replicas_in_sync} replica(s)")
-    bert_config, _ = data.resolve_model(config, phases)
+    bert_config, _ = model_setup.resolve_model(config, phases)
     listed = run_checkpoints.listed_checkpoints(config.model_dir)
     latest = listed[0] if listed else None
     if bert_config is None and config.mode == "eval" and latest:
-        saved = data.saved_bert_config(config.model_dir)
+        saved = model_setup.saved_bert_config(config.model_dir)
         if saved is not None:
             try:
                 bert_config = modeling.BertConfig.from_dict(
@@ -137,7 +138,7 @@ def _check(config, strategy):
                 config.max_predictions_per_seq, bert_config.vocab_size)
         except ValueError as error:
             raise InputError(f"--eval_files: {error}") from None
-    data.check_model_dir(config, bert_config)
+    model_setup.check_model_dir(config, bert_config)
     _check_init_checkpoint(config, bert_config, resuming=bool(latest))
     return _Checked(phases=phases, bert_config=bert_config, source=source,
                     eval_files=eval_files, latest=latest)
@@ -171,7 +172,7 @@ def _write_run_files(config, checked, chief, work_dir, record_files):
     if bert_config is None:
         bert_config = modeling.BertConfig.for_size(
             config.model_size_name, len(tokenization.read_vocab(vocab_file)))
-        data.check_model_dir(config, bert_config)
+        model_setup.check_model_dir(config, bert_config)
     if not (chief and config.trains):
         return phases, vocab_file, bert_config
     files = dict(record_files or {})
