@@ -31,10 +31,7 @@ STARTED = r"^step\s+150/"
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("records"))
-    files, vocab = _testing.make_records(directory, max_documents=150,
-                                         dupe_factor=1)
-    return [f"--train_files={','.join(files)}", f"--vocab_file={vocab}"]
+    return _testing.record_flags(str(tmp_path_factory.mktemp("records")))
 
 
 def _checkpoint_values(model_dir):

@@ -239,7 +239,7 @@ class Trainer:
         *signals, loss, diverged = self._last_signals.numpy().tolist()
         return LoopOutcome(
             updates=int(self.step.numpy()) - before,
-            stop_requested=dict(zip(_SIGNALS, signals))["stop_requests"] > 0,
+            stop_requested=signals[_SIGNALS.index("stop_requests")] > 0,
             diverged=bool(diverged), loss=loss)
 
     def request_stop(self):

@@ -74,6 +74,14 @@ def small_run_files(root, eval_documents=None):
             "bert_config_file": str(config_path), "eval_files": eval_files}
 
 
+def record_flags(directory, max_documents=150):
+    """--train_files and --vocab_file of small records made in `directory`
+    (32 tokens, 5 predictions, one pass over the documents)."""
+    files, vocab = make_records(directory, max_documents=max_documents,
+                                dupe_factor=1)
+    return [f"--train_files={','.join(files)}", f"--vocab_file={vocab}"]
+
+
 def free_ports(count):
     """Ports free on 127.0.0.1 right now (kept open until all are found)."""
     sockets = []
