@@ -102,10 +102,9 @@ def export(name, variables, grads, out_dir, device_kind, with_values):
     import numpy as np
     from tf_lamb import compiled
 
-    # Lamb decides its norm form when it traces its program, from the
-    # device of the variables; here they live on the CPU whatever the target.
-    on_cpu = device_kind == "cpu"
-    with mock.patch.object(compiled, "is_cpu", lambda device: on_cpu):
+    # Lamb decides its form when it traces its program, from the device of
+    # the variables; here they live on the CPU whatever the target.
+    with mock.patch.object(compiled, "device_kind", lambda device: device_kind):
         step = _compiled_step(name, variables, grads)
         concrete = step.get_concrete_function()
         proto = without_copies(

@@ -5,8 +5,12 @@ fast and correctly:
 
 - across replicas: gradients are summed before any norm is taken, then one
   `strategy.extended.update` runs the program on each device's copy;
-- as one XLA program (or one graph) for all variables, whose norms take the
-  form the device is fast at (`sums_of_squares`);
+- as one XLA program (or one graph) for all variables, in the form the
+  device's compiler makes fast: a CPU streams each variable once per norm
+  with matvec norms (`sums_of_squares`); a GPU launches a kernel per fusion,
+  so there every norm of every variable is taken in one pass that writes
+  nothing, small variables stacked, before one writing pass per variable
+  (`update_grouped`);
 - with the all-or-nothing rule for inf/NaN gradients, gradient
   accumulation and EMA, each written so that XLA updates variables in place.
 
@@ -14,6 +18,7 @@ Measurements behind each choice: docs/performance.md.
 """
 
 import dataclasses
+import math
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
@@ -25,6 +30,16 @@ from tf_lamb import algorithm, framework
 MATVEC_NORMS_ON_CPU = framework.major_minor(tf.__version__) >= (2, 21)
 
 
+# The forms of the update (Settings.form): "chained" takes each variable's
+# norms and update one after the other; "grouped" takes all norms first, in
+# few kernels (`update_grouped`). Measured with each target's compiler
+# (benchmarks.compile_for, docs/performance.md): grouped launches a third of
+# keras Lamb's kernels on an H100; on a TPU, whose compiler stages each
+# operand through its vector memory, the stacks it builds cost traffic, and
+# chained reads less.
+FORMS = {"cpu": "chained", "gpu": "grouped", "tpu": "chained"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What a program is built with: Python values baked into it."""
@@ -34,6 +49,7 @@ class Settings:
     bias_correction: bool
     jit_compile: bool
     use_matvec: bool  # the form of the norms, see sums_of_squares
+    form: str = "chained"  # of the update, see FORMS
     clipnorm: Optional[float] = None
     global_clipnorm: Optional[float] = None
     clipvalue: Optional[float] = None
@@ -66,18 +82,29 @@ class StepState(NamedTuple):
 
 # -- norms -------------------------------------------------------------------
 
-def is_cpu(device):
-    """Whether a variable placed on `device` (a device string) is on a CPU."""
-    device_type = tf.DeviceSpec.from_string(device or "").device_type
-    if device_type:
-        return device_type.upper() == "CPU"
-    return not (tf.config.list_logical_devices("GPU")
-                or tf.config.list_logical_devices("TPU"))
+def device_kind(device):
+    """"cpu", "gpu" or "tpu": the kind of device a variable placed on
+    `device` (a device string) lives on."""
+    device_type = (tf.DeviceSpec.from_string(device or "").device_type
+                   or "").upper()
+    if not device_type:
+        for kind in ("TPU", "GPU"):
+            if tf.config.list_logical_devices(kind):
+                device_type = kind
+                break
+    return {"TPU": "tpu", "GPU": "gpu"}.get(device_type, "cpu")
 
 
 def norms_as_matvec(device, jit_compile):
     """The form of the norms for a program on `device` (sums_of_squares)."""
-    return jit_compile and is_cpu(device) and MATVEC_NORMS_ON_CPU
+    return (jit_compile and device_kind(device) == "cpu"
+            and MATVEC_NORMS_ON_CPU)
+
+
+def update_form(device, jit_compile):
+    """The form of the update for a program on `device` (FORMS); outside
+    XLA, "chained", whose tf.cond skips a non-finite step."""
+    return FORMS[device_kind(device)] if jit_compile else "chained"
 
 
 def sums_of_squares(*tensors, use_matvec=True):
@@ -219,6 +246,9 @@ def update(grads, hyperparameters, update_count, state, settings):
     """One LAMB update of every variable in `state`; `update_count` updates
     were applied before. A step whose gradients hold inf or NaN changes no
     variable and no slot."""
+    if settings.form == "grouped":
+        update_grouped(grads, hyperparameters, update_count, state, settings)
+        return
     grads = [tf.cast(g, tf.float32) for g in grads]
     grad_squared_norms = [
         sums_of_squares(g, use_matvec=settings.use_matvec)[0] for g in grads]
@@ -238,9 +268,17 @@ def update(grads, hyperparameters, update_count, state, settings):
             update_ema(state.variables, update_count, finite, settings)
         return tf.stack(ratios)
 
+    store_trust_ratios(state, update_variables, finite=finite,
+                       jit_compile=settings.jit_compile)
+
+
+def store_trust_ratios(state, update_variables, finite, jit_compile):
+    """Runs `update_variables(finite)`, which returns phi of the variables
+    of `state`, and keeps those in the optimizer's trust ratios where the
+    step is finite."""
     trust_ratios = state.trust_ratios
     previous = trust_ratios.read_value()
-    if settings.jit_compile:
+    if jit_compile:
         # XLA updates variables in place only outside conditionals, so there
         # `finite` selects the old values element-wise.
         ratios = update_variables(finite)
@@ -338,3 +376,169 @@ def update_ema(variables, update_count, finite, settings):
         if overwrite is not None:
             w.assign(tf.where(overwrite, tf.cast(new_average, w.dtype),
                               w.read_value()))
+
+
+# -- the grouped form (GPU) --------------------------------------------------
+
+# A variable of at most this many elements is stacked with the others of its
+# size and treatment, so that one kernel sums them all; BERT's biases and
+# LayerNorm parameters are 0.2 % of its parameters but 60 % of its
+# variables, and each kernel of their own costs a launch.
+SMALL_VARIABLE_ELEMENTS = 1 << 16
+# A larger variable's sums are taken in two stages: into this many partial
+# sums each (one kernel per variable), then all partial sums at once. XLA
+# splits a large reduction in two kernels anyway; done here, the second
+# stage of every variable shares one kernel.
+PARTIAL_SUMS = 256
+
+
+def grouped_sums(inputs, keys, terms):
+    """sum(t) of every term t of every variable, as a [variables, k] tensor.
+
+    `inputs[i]` holds variable i's tensors (each of its shape), and
+    `terms(key, *tensors)` returns k element-wise terms of them, None for a
+    term that is 0. Variables of one size and one `keys[i]` are stacked and
+    summed by one reduction. No term is written out: each reduction fuses
+    the terms it sums.
+    """
+    small, large = {}, {}
+    for i, tensors in enumerate(inputs):
+        size = tensors[0].shape.num_elements()
+        if size <= SMALL_VARIABLE_ELEMENTS:
+            small.setdefault((size, keys[i]), []).append(i)
+        else:
+            large.setdefault((math.gcd(size, PARTIAL_SUMS), keys[i]),
+                            []).append(i)
+
+    rows, layouts = {}, {}  # variable -> its non-zero sums; which terms
+    for (_, key), members in small.items():
+        stacked = [tf.stack([tf.reshape(inputs[i][j], [-1]) for i in members])
+                   for j in range(len(inputs[members[0]]))]
+        term_list = terms(key, *stacked)
+        present = [tf.reduce_sum(t, axis=-1) for t in term_list
+                   if t is not None]
+        sums = (tf.unstack(tf.stack(present, axis=-1)) if present
+                else [None] * len(members))
+        for i, row in zip(members, sums):
+            rows[i], layouts[i] = row, term_list
+    for (parts, _), members in large.items():
+        partial_sums, summed = [], []
+        for i in members:
+            layouts[i] = terms(keys[i], *inputs[i])
+            present = [tf.reshape(t, [parts, -1]) for t in layouts[i]
+                       if t is not None]
+            if present:
+                partial_sums.append(tf.reduce_sum(tf.stack(present), axis=-1))
+                summed.append(i)
+        if partial_sums:
+            for i, row in zip(summed, tf.unstack(tf.reduce_sum(
+                    tf.stack(partial_sums), axis=-1))):
+                rows[i] = row
+
+    def full_row(i):
+        present = iter(tf.unstack(rows[i]) if rows.get(i) is not None
+                       else ())
+        return tf.stack([tf.constant(0.0) if t is None else next(present)
+                         for t in layouts[i]])
+
+    return tf.stack([full_row(i) for i in range(len(inputs))])
+
+
+def update_grouped(grads, hyperparameters, update_count, state, settings):
+    """`update` in the grouped form: every sum of squares of the step (the
+    gradients' for the inf/NaN rule and clipping, the weights' and the
+    directions' for the trust ratios) in one pass over all variables that
+    writes nothing, then one pass per variable that writes w, m and v.
+
+    With clipping by norm the directions need the clipped gradients, so
+    the gradients' sums take a pass of their own first.
+    """
+    variables = state.variables
+    grads = [tf.cast(g, tf.float32) for g in grads]
+    weights = [tf.cast(v.weight.read_value(), tf.float32) for v in variables]
+    moments = [(v.momentum.read_value(), v.velocity.read_value())
+               for v in variables]
+    values = algorithm.StepValues.at(
+        tf.cast(update_count + 1, tf.float32), *hyperparameters,
+        bias_correction=settings.bias_correction)
+    keys = [(v.weight_decay, v.layer_adaptation) for v in variables]
+    clip_by_norm = bool(settings.clipnorm or settings.global_clipnorm)
+
+    def clipped_values(g):
+        if settings.clipvalue:
+            return tf.clip_by_value(g, -settings.clipvalue, settings.clipvalue)
+        return g
+
+    def direction(key, g, w, m, v, as_product=False):
+        m, v = algorithm.update_moments(g, m, v, values.beta_1, values.beta_2)
+        return algorithm.lamb_direction(
+            m, v, w, values.beta_1_power, values.beta_2_power,
+            settings.epsilon, key[0], as_product)
+
+    def norm_terms(key, g, w, m, v, grad_scale=None):
+        # The unclipped g decides the inf/NaN rule, as in `update`.
+        gradient_term = None if clip_by_norm else tf.square(g)
+        if not key[1]:
+            return [gradient_term, None, None]
+        g = clipped_values(g)
+        if grad_scale is not None:
+            g = g * grad_scale
+        return [gradient_term, tf.square(w),
+                tf.square(direction(key, g, w, m, v))]
+
+    grad_scales = [None] * len(grads)
+    if clip_by_norm:
+        grad_squares = grouped_sums([(g,) for g in grads], [()] * len(grads),
+                                    lambda key, g: [tf.square(g)])[:, 0]
+        finite = tf.math.is_finite(tf.reduce_sum(grad_squares))
+        if settings.clipnorm:
+            scales = settings.clipnorm / tf.maximum(tf.sqrt(grad_squares),
+                                                    settings.clipnorm)
+        else:
+            global_norm = tf.sqrt(tf.reduce_sum(grad_squares))
+            scales = tf.fill([len(grads)], settings.global_clipnorm
+                             / tf.maximum(global_norm,
+                                          settings.global_clipnorm))
+        grad_scales = tf.unstack(scales)
+        # The scale travels as an input of each variable's terms, so stacked
+        # variables take a stacked scale.
+        sums = grouped_sums(
+            [(g, w, m, v, tf.fill(tf.shape(g), s)) for g, w, (m, v), s
+             in zip(grads, weights, moments, grad_scales)], keys,
+            lambda key, g, w, m, v, s: norm_terms(key, g, w, m, v, s))
+    else:
+        sums = grouped_sums(
+            [(g, w, m, v) for g, w, (m, v) in zip(grads, weights, moments)],
+            keys, norm_terms)
+        finite = tf.math.is_finite(tf.reduce_sum(sums[:, 0]))
+    ratios = algorithm.trust_ratio(tf.sqrt(sums[:, 1]), tf.sqrt(sums[:, 2]),
+                                   settings.max_trust_ratio)
+    adapted = tf.constant([key[1] for key in keys])
+    ratios = tf.where(adapted, ratios, 1.0)
+
+    def update_variables(finite):
+        for i, variable in enumerate(variables):
+            g = clipped_values(grads[i])
+            if grad_scales[i] is not None:
+                g = g * grad_scales[i]
+            w, (m_old, v_old) = weights[i], moments[i]
+            m, v = algorithm.update_moments(g, m_old, v_old, values.beta_1,
+                                            values.beta_2)
+            # r again, in a form XLA does not share with the sums' pass, so
+            # that neither pass writes it out.
+            r = algorithm.lamb_direction(
+                m, v, w, values.beta_1_power, values.beta_2_power,
+                settings.epsilon, keys[i][0], as_product=True)
+            new_weight = algorithm.apply_update(
+                w, r, values.learning_rate,
+                ratios[i] if keys[i][1] else None)
+            variable.momentum.assign(tf.where(finite, m, m_old))
+            variable.velocity.assign(tf.where(finite, v, v_old))
+            variable.weight.assign(tf.cast(tf.where(finite, new_weight, w),
+                                           variable.weight.dtype))
+        if settings.ema_momentum is not None:
+            update_ema(variables, update_count, finite, settings)
+        return ratios
+
+    store_trust_ratios(state, update_variables, finite=finite,
+                       jit_compile=True)

@@ -298,6 +298,7 @@ class Lamb(keras.optimizers.Optimizer):
                 jit_compile=self.jit_compile,
                 use_matvec=compiled.norms_as_matvec(anchor.device,
                                                     self.jit_compile),
+                form=compiled.update_form(anchor.device, self.jit_compile),
                 clipnorm=self.clipnorm, global_clipnorm=self.global_clipnorm,
                 clipvalue=self.clipvalue,
                 accumulation_steps=self.gradient_accumulation_steps,
