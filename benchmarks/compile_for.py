@@ -91,10 +91,12 @@ TARGETS = {
                 "hbm_bytes_per_s": 1.64e12, "hbm_bytes": 32 * 2**30},
 }
 
+# The figures in docs/performance.md were compiled by these versions.
 INSTALL = {
-    "tpu": 'pip install "jax[tpu]>=0.10"   (libtpu, ~480 MB)',
-    "cuda": 'pip install "jax[cuda12]>=0.10"   (jax\'s CUDA plugin and '
-            'ptxas, ~5.5 GB)',
+    "tpu": "pip install jax==0.10.2 jaxlib==0.10.2 libtpu==0.0.52   "
+           "(libtpu, ~480 MB)",
+    "cuda": 'pip install "jax[cuda12]==0.10.2"   (jax\'s CUDA plugin and '
+            "ptxas, ~5.5 GB)",
 }
 
 
@@ -388,6 +390,10 @@ def parse_args(argv):
     parser.add_argument("--optax_model", default=None,
                         choices=("tiny", "base", "large"),
                         help="the shapes for --optax without programs")
+    parser.add_argument("--parameters", type=int, default=None,
+                        help="the model's parameter count, for the per-"
+                        "parameter figures of .hlo.pb files named alone "
+                        "(an export directory's manifest has it)")
     parser.add_argument("--dump_dir", default=None,
                         help="write each optimized program here (text)")
     parser.add_argument("--json_out", default=None,
@@ -423,7 +429,7 @@ def run(args):
             print(f"[compile_for] {args.target}: compiling {name} "
                   f"({proto_path}) ...", file=sys.stderr, flush=True)
             executable, seconds = compile_proto(device, proto)
-            parameters = manifest.get("parameters")
+            parameters = manifest.get("parameters", args.parameters)
             measured, optimized = measure(executable, seconds, parameters)
             measured["source"] = proto_path
             for key in ("model", "dtype", "device_kind", "config",

@@ -14,10 +14,15 @@ and gradients as `optimizer_step`):
   tf_lamb         tf_lamb.Lamb(), its step inlined into the program
   keras_lamb_xla  keras.optimizers.Lamb(), the baseline of optimizer_step
 
+both with their default arguments, or with `--config=pretraining` with
+those train.pretrain uses (weight decay 0.01, LayerNorm and biases
+excluded, global_clipnorm=1.0).
+
 `--device_kind` says where the programs will run: tf_lamb picks the form of
-its norms by device (a matvec on CPU, plain reductions elsewhere; see
-`tf_lamb.compiled.sums_of_squares`), and the export runs on this
-machine's CPU.
+its step by device (`tf_lamb.compiled.FORMS`: matvec norms on a CPU, all
+sums first in few kernels on a GPU), and the export runs on this machine's
+CPU. `benchmarks.compile_for` compiles the programs for a GPU or TPU that
+is not here.
 
 With `--values` (small models only) the program's inputs and TensorFlow's
 own results after one step are written too, so that `run_hlo` can check
@@ -43,10 +48,11 @@ MANIFEST = "manifest.json"
 MAX_VALUES_PARAMETERS = 5_000_000
 
 
-def _compiled_step(name, variables, grads):
+def _compiled_step(name, variables, grads, config):
     import tensorflow as tf
     kind = "tf_lamb_eager" if name == "tf_lamb" else name
-    optimizer, _ = optimizer_step.make_candidate(kind, variables, grads)
+    optimizer, _ = optimizer_step.make_candidate(kind, variables, grads,
+                                                 config=config)
     return tf.function(
         lambda: optimizer.apply_gradients(zip(grads, variables)),
         jit_compile=True, autograph=False)
@@ -96,7 +102,8 @@ def without_copies(serialized):
     return module.SerializeToString()
 
 
-def export(name, variables, grads, out_dir, device_kind, with_values):
+def export(name, variables, grads, out_dir, device_kind, with_values,
+           config="default"):
     """Writes `name`'s program (and, with_values, its check values);
     returns the manifest entry."""
     import numpy as np
@@ -105,7 +112,7 @@ def export(name, variables, grads, out_dir, device_kind, with_values):
     # Lamb decides its form when it traces its program, from the device of
     # the variables; here they live on the CPU whatever the target.
     with mock.patch.object(compiled, "device_kind", lambda device: device_kind):
-        step = _compiled_step(name, variables, grads)
+        step = _compiled_step(name, variables, grads, config)
         concrete = step.get_concrete_function()
         proto = without_copies(
             step.experimental_get_compiler_ir()(stage="hlo_serialized"))
@@ -136,6 +143,11 @@ def parse_args(argv):
                         default="float32", help="dtype of variables/grads")
     parser.add_argument("--device_kind", choices=("gpu", "tpu", "cpu"),
                         default="gpu", help="where the programs will run")
+    parser.add_argument("--config", choices=sorted(optimizer_step.CONFIGS),
+                        default="default",
+                        help="the optimizers' arguments: their defaults, or "
+                        "pretraining (weight decay 0.01 with LayerNorm and "
+                        "biases excluded, global_clipnorm=1.0)")
     parser.add_argument("--out_dir", required=True,
                         help="directory for the programs and manifest.json")
     parser.add_argument("--values", action="store_true",
@@ -165,6 +177,7 @@ def main(argv=None):
         "model": args.model,
         "dtype": args.dtype,
         "device_kind": args.device_kind,
+        "config": args.config,
         "parameters": params,
         "variables": len(shapes),
         "floor_bytes_per_param": optimizer_step.floor_bytes_per_param(
@@ -183,7 +196,7 @@ def main(argv=None):
             shapes, args.dtype, args.seed)
         manifest["candidates"][name] = export(
             name, variables, grads, args.out_dir, args.device_kind,
-            args.values)
+            args.values, args.config)
         del variables, grads
         gc.collect()
         print(f"[export_hlo] {args.model}: wrote {name}", file=sys.stderr)

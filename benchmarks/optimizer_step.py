@@ -184,8 +184,20 @@ def make_variables_and_gradients(shapes, dtype, seed):
     return variables, grads
 
 
-def make_candidate(name, variables, grads, accumulation_steps=1):
-    """(optimizer, step callable) of a candidate.
+# The optimizers' arguments besides the defaults: "pretraining" is how
+# train.pretrain runs LAMB (BERT's decay, LayerNorm and biases excluded,
+# clipping to a global norm of 1).
+PRETRAINING_EXCLUSIONS = ["LayerNorm", "bias"]
+CONFIGS = {
+    "default": {},
+    "pretraining": {"weight_decay": 0.01, "global_clipnorm": 1.0},
+}
+
+
+def make_candidate(name, variables, grads, accumulation_steps=1,
+                   config="default"):
+    """(optimizer, step callable) of a candidate, made with the arguments of
+    `config` (a key of CONFIGS).
 
     With `accumulation_steps` > 1 the step is one cycle of that many calls.
     """
@@ -193,14 +205,22 @@ def make_candidate(name, variables, grads, accumulation_steps=1):
     import tensorflow as tf
     import tf_lamb
 
-    kwargs = {"gradient_accumulation_steps": accumulation_steps
-              if accumulation_steps > 1 else None}
+    kwargs = dict(CONFIGS[config])
+    kwargs["gradient_accumulation_steps"] = (
+        accumulation_steps if accumulation_steps > 1 else None)
+    if config == "pretraining" and name.startswith("tf_lamb"):
+        # As TF Addons and train.pretrain take it: excluded from decay and
+        # from the trust ratio.
+        kwargs["exclude_from_weight_decay"] = PRETRAINING_EXCLUSIONS
     if name == "tf_lamb_graph":
         optimizer = tf_lamb.Lamb(jit_compile=False, **kwargs)
     elif name.startswith("tf_lamb"):
         optimizer = tf_lamb.Lamb(**kwargs)
     else:
         optimizer = keras.optimizers.Lamb(**kwargs)
+        if config == "pretraining":
+            optimizer.exclude_from_weight_decay(
+                var_names=PRETRAINING_EXCLUSIONS)
     # Slots are created here, eagerly, so that no tf.function creates them.
     optimizer.build(variables)
 

@@ -34,7 +34,7 @@ def mirrored():
 
 
 @pytest.mark.parametrize("jit_compile", [True, False])
-def test_custom_loop_mirrored_equals_single_device(jit_compile):
+def test_custom_loop_mirrored_equals_single_device(jit_compile, device_kind):
     x, y = dt.data()
 
     def make():
@@ -114,7 +114,8 @@ def poisoned_loss_scale_run(poison_replica):
 
 
 @pytest.mark.parametrize("poison_replica", [0, 1])
-def test_non_finite_on_one_replica_skips_the_step_everywhere(poison_replica):
+def test_non_finite_on_one_replica_skips_the_step_everywhere(poison_replica,
+                                                             device_kind):
     x, y = dt.data(steps=1)
     after_one, _ = dt.train_custom_loop(
         mirrored(), x, y, make_optimizer=lambda: Lamb(learning_rate=0.02),

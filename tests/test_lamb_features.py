@@ -32,7 +32,7 @@ def slots(optimizer):
 
 # -- EMA ---------------------------------------------------------------------
 
-def test_ema_tracks_weights_and_finalize_overwrites():
+def test_ema_tracks_weights_and_finalize_overwrites(device_kind):
     rng = np.random.default_rng(0)
     w = keras.Variable(rng.normal(size=(4, 3)).astype(np.float32))
     optimizer = Lamb(learning_rate=0.05, use_ema=True, ema_momentum=0.8)
@@ -88,7 +88,7 @@ def test_indexed_slices_equal_dense_gradients():
 # -- mixed precision and loss scaling --------------------------------------------
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_fit(policy):
+def test_mixed_precision_fit(policy, device_kind):
     x, y = regression_data()
     model = small_model(dtype_policy=policy)
     optimizer = Lamb(learning_rate=0.02)
@@ -115,7 +115,7 @@ def test_low_precision_variables_get_float32_slots():
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_low_precision_variables_with_accumulation(dtype):
+def test_low_precision_variables_with_accumulation(dtype, device_kind):
     rng = np.random.default_rng(4)
     initial = rng.normal(size=(6, 4)).astype(np.float32)
     grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(4)]
@@ -174,7 +174,8 @@ def test_non_finite_step_changes_nothing_under_loss_scale_optimizer():
 
 @pytest.mark.parametrize("jit_compile", [True, False])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_non_finite_gradient_changes_no_variable_or_slot(bad, jit_compile):
+def test_non_finite_gradient_changes_no_variable_or_slot(bad, jit_compile,
+                                                        device_kind):
     # XLA gates element-wise, graph ops with a cond: both must skip it all.
     rng = np.random.default_rng(4)
     ws = [keras.Variable(rng.normal(size=s).astype(np.float32))

@@ -91,3 +91,31 @@ def test_clip_by_global_norm():
         [f32(g) for g in grads], 2 * norm, tf.constant(norm, tf.float32))
     for c, g in zip(unclipped, grads):
         assert relative_error(c, g) < 1e-6
+
+
+@pytest.mark.parametrize("small,parts", [(1 << 16, 256), (8, 4)])
+def test_grouped_sums(small, parts, monkeypatch):
+    """Every term's sum, whether its variable is stacked with others of its
+    size (small), summed in partial sums (large; sizes sharing no, some or
+    all factors with the partial count), or has terms that are None."""
+    monkeypatch.setattr(compiled, "SMALL_VARIABLE_ELEMENTS", small)
+    monkeypatch.setattr(compiled, "PARTIAL_SUMS", parts)
+    shapes = [(7,), (7,), (3, 4), (), (7,), (70001,), (512, 6), (66, 1000)]
+    keys = ["a", "a", "a", "a", "b", "a", "b", "a"]
+    xs = [RNG.normal(size=s) for s in shapes]
+    ys = [RNG.normal(size=s) for s in shapes]
+
+    def terms(key, x, y):
+        # Three terms; "b" variables have no second one.
+        return [tf.square(x), None if key == "b" else x * y, tf.abs(y)]
+
+    sums = tf.function(
+        lambda xs, ys: compiled.grouped_sums(list(zip(xs, ys)), keys, terms),
+        jit_compile=True)([f32(x) for x in xs], [f32(y) for y in ys])
+    x32 = [np.float32(x).astype(np.float64) for x in xs]
+    y32 = [np.float32(y).astype(np.float64) for y in ys]
+    expected = np.array([
+        [np.sum(x * x), 0.0 if k == "b" else np.sum(x * y), np.sum(abs(y))]
+        for x, y, k in zip(x32, y32, keys)])
+    assert sums.shape == (len(shapes), 3)
+    np.testing.assert_allclose(sums.numpy(), expected, rtol=1e-5, atol=1e-6)
