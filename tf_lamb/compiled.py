@@ -24,6 +24,8 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 
 from tf_lamb import algorithm, framework
+# XLA's optimization barrier, which tf.raw_ops lacks (TensorFlow >= 2.9).
+from tensorflow.compiler.tf2xla.python import xla as _tf2xla
 
 # XLA:CPU fuses the squares into the norms' matvec from TensorFlow 2.21 on;
 # 2.16's does not (2.17-2.20 unmeasured): plain reductions there.
@@ -380,6 +382,12 @@ def update_ema(variables, update_count, finite, settings):
 
 # -- the grouped form (GPU) --------------------------------------------------
 
+def optimization_barrier(*tensors):
+    """`tensors` unchanged, through an XLA optimization barrier: XLA fuses
+    nothing across it."""
+    return list(_tf2xla.optimization_barrier(*tensors))
+
+
 # A variable of at most this many elements is stacked with the others of its
 # size and treatment, so that one kernel sums them all; BERT's biases and
 # LayerNorm parameters are 0.2 % of its parameters but 60 % of its
@@ -518,10 +526,16 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
 
     def update_variables(finite):
         for i, variable in enumerate(variables):
-            g = clipped_values(grads[i])
+            # Through a barrier of its own, a variable's tensors share no
+            # operand with another's: XLA then writes its w, m and v in one
+            # kernel (reading g, m, v, w once), and joins such kernels of
+            # many variables. Without it XLA joins the w of many variables
+            # and writes each m and v apart, reading g, m, v twice.
+            g, w, m_old, v_old = optimization_barrier(
+                grads[i], weights[i], *moments[i])
+            g = clipped_values(g)
             if grad_scales[i] is not None:
                 g = g * grad_scales[i]
-            w, (m_old, v_old) = weights[i], moments[i]
             m, v = algorithm.update_moments(g, m_old, v_old, values.beta_1,
                                             values.beta_2)
             # r again, in a form XLA does not share with the sums' pass, so
