@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from benchmarks import compile_for
+from train import accelerators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600
@@ -75,7 +75,7 @@ ENTRY %main (a: f32[1024]) -> f32[1024] {
 
 
 def test_count_kernels_of_a_known_program():
-    assert compile_for.count_kernels(PROGRAM) == 4
+    assert accelerators.count_kernels(PROGRAM) == 4
 
 
 def test_device_memory_bytes_of_a_known_program():
@@ -85,20 +85,20 @@ def test_device_memory_bytes_of_a_known_program():
     # reads and writes 4 KiB each; the loop's kernel reads and writes its
     # 4 KiB (8 KiB), and its condition compares two s32 into a pred (9 B);
     # the ConcatBitcast moves nothing.
-    assert compile_for.device_memory_bytes(PROGRAM) == (
+    assert accelerators.device_memory_bytes(PROGRAM) == (
         4096 * (1 + 2 + 2 + 2) + 4 + 9)
 
 
 def test_no_entry_is_an_error():
     with pytest.raises(ValueError, match="ENTRY"):
-        compile_for.count_kernels("HloModule empty\n")
+        accelerators.count_kernels("HloModule empty\n")
 
 
 def test_a_missing_compiler_names_its_install_command(monkeypatch):
     pytest.importorskip("jax", reason="needs the hlo extra")
-    monkeypatch.setattr(compile_for, "_installed_modules", lambda: set())
-    with pytest.raises(compile_for.CompilerMissing, match=r"jax\[cuda12\]"):
-        compile_for.target_device("h100")
+    monkeypatch.setattr(accelerators, "_installed_modules", lambda: set())
+    with pytest.raises(accelerators.CompilerMissing, match=r"jax\[cuda12\]"):
+        accelerators.target_device("h100")
 
 
 def _run(python, *args):
@@ -128,7 +128,7 @@ def _has_module(name):
 def _has_cuda_plugin():
     return _has_module("jax") and any(
         name.startswith("jax_cuda") and name.endswith("plugin")
-        for name in compile_for._installed_modules())
+        for name in accelerators._installed_modules())
 
 
 def _export(tmp_path_factory, device_kind):
