@@ -23,6 +23,7 @@ from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES
 from train import examples
 from train.errors import InputError
+from train import accelerators
 from train.modeling import MODEL_SIZES
 from train.schedule import GradientAccumulation
 
@@ -131,6 +132,7 @@ class PretrainConfig:
     mixed_precision: str = "float32"
     jit_compile: bool = False
     steps_per_loop: int = 100
+    compile_for: Optional[str] = None  # a chip of train.accelerators.TARGETS
     # -- evaluation
     mode: str = "train"
     eval_files: Tuple[str, ...] = ()
@@ -263,6 +265,8 @@ def _check_choices(c):
     _one_of("mode", c.mode, MODES)
     if c.model_size is not None:
         _one_of("model_size", c.model_size, MODEL_SIZES)
+    if c.compile_for is not None:
+        _one_of("compile_for", c.compile_for, sorted(accelerators.TARGETS))
     sources = [n for n in ("train_files", "input_file", "tfds_name")
                if getattr(c, n)]
     if len(sources) > 1:

@@ -10,6 +10,7 @@ import dataclasses
 from absl import flags
 
 from tf_lamb.distribute import STRATEGIES
+from train import accelerators
 from train import config as config_lib
 from train import create_pretraining_data as cpd
 from train.modeling import MODEL_SIZES
@@ -216,6 +217,15 @@ def define_flags():
                       "graph mode (the default run: 186-193 against "
                       "166-171 ms per update; BERT-base at batch 4: as "
                       "fast to 25% slower).")
+    flags.DEFINE_enum("compile_for", _default("compile_for"),
+                      sorted(accelerators.TARGETS),
+                      "Train nothing: compile this run's training step for "
+                      "the named chip with its own compiler, without the "
+                      "device (libtpu, or jax's CUDA plugin), and report "
+                      "whether it compiles, the memory it needs against the "
+                      "chip's, the largest per-chip batch that fits and a "
+                      "roofline estimate of its speed (train.compile_plan). "
+                      "Writes nothing.")
     flags.DEFINE_integer("steps_per_loop", _default("steps_per_loop"),
                          "Optimizer updates per call of the compiled "
                          "training loop; a call ends early at an update "

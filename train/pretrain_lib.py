@@ -29,8 +29,10 @@ import keras
 import tensorflow as tf
 
 from tf_lamb import distribute
+from train import accelerators
 from train import actions
 from train import checkpoints
+from train import compile_plan
 from train import data
 from train import evaluation
 from train import export
@@ -273,6 +275,21 @@ def _controller(config, trainer, phases, saved, guard, evaluate, chief):
                                phase.predictions)), log
 
 
+def plan_for_chip(config):
+    """`--compile_for`: the run's training step compiled for the chip named
+    (train.compile_plan), reported; nothing is trained or written. Returns
+    the plan."""
+    phases = config.phases()
+    bert_config, _ = model_setup.resolve_model(config, phases)
+    if bert_config is None:
+        bert_config = compile_plan.default_bert_config(config)
+    try:
+        return compile_plan.run(config, bert_config)
+    except accelerators.CompilerMissing as error:
+        raise InputError(f"--compile_for={config.compile_for}: {error}") \
+            from None
+
+
 def run_pretraining(config, strategy=None, record_files=None,
                     optimizer_fn=None):
     """Runs the job `config` describes; returns its final metrics.
@@ -312,6 +329,8 @@ def run_pretraining(config, strategy=None, record_files=None,
         CheckpointError: a checkpoint that cannot be written, or none in
             model_dir that can be read.
     """
+    if config.compile_for:
+        return plan_for_chip(config)
     strategy = strategy or make_strategy(config)
     checked = _check(config, strategy)
     # -- from here on, files are written ---------------------------------------

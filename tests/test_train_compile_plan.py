@@ -1,0 +1,125 @@
+"""`--compile_for`: the training step compiled for a chip that is not here.
+
+The search for the largest batch is checked against a fake compiler with a
+known memory curve; the real step of a tiny BERT compiles for a TPU v5e
+where libtpu is installed (the `hlo` extra).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from train import compile_plan
+from train import modeling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 2**30
+
+
+def fake_compiler(fixed_gib, per_example_gib, fails_above=None):
+    """compile_at(batch) for a step that needs fixed + batch * per-example
+    GiB, and does not compile at all above `fails_above`."""
+    calls = []
+
+    def compile_at(batch):
+        calls.append(batch)
+        if fails_above is not None and batch > fails_above:
+            return compile_plan.CompiledStep(batch, False, error="too big")
+        return compile_plan.CompiledStep(
+            batch, True, argument_bytes=int(fixed_gib * GIB),
+            temp_bytes=int(batch * per_example_gib * GIB))
+    return compile_at, calls
+
+
+@pytest.mark.parametrize("start,expected", [(8, 64), (64, 64), (256, 64),
+                                            (4, 64)])
+def test_largest_batch_of_a_known_memory_curve(start, expected):
+    # 4 GiB of state and 0.15 GiB per example in 16 GiB: 80 fit, and of the
+    # batches start * 2**k the largest is 64.
+    compile_at, calls = fake_compiler(4.0, 0.15)
+    largest, tried = compile_plan.largest_fitting_batch(
+        compile_at, 16 * GIB, start, max_compiles=8)
+    assert largest == expected
+    assert all(tried[b].fits(16 * GIB) == (b <= 80) for b in tried)
+    assert len(calls) == len(set(calls))  # no batch compiled twice
+
+
+def test_no_batch_fits_and_failed_compiles_do_not_fit():
+    compile_at, _ = fake_compiler(20.0, 0.1)
+    largest, tried = compile_plan.largest_fitting_batch(compile_at,
+                                                        16 * GIB, 8)
+    assert largest is None and set(tried) == {8, 4, 2, 1}
+    compile_at, _ = fake_compiler(1.0, 0.01, fails_above=32)
+    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 8)
+    assert largest == 32
+
+
+def test_the_search_stops_after_its_budget():
+    compile_at, calls = fake_compiler(0.0, 1e-6)
+    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 1,
+                                                    max_compiles=4)
+    assert calls == [1, 2, 4, 8] and largest == 8
+
+
+def test_roofline_takes_the_slower_bound():
+    spec = {"peak_flops": 100e12, "hbm_bytes_per_s": 1e12}
+    bert = modeling.BertConfig.for_size("base", 30522)
+    step = compile_plan.CompiledStep(32, True, flops=50e12,
+                                     bytes_accessed=0.2e12)
+    estimate = compile_plan.roofline(step, spec, bert, 128, 20)
+    assert estimate["bound"] == "compute"
+    assert estimate["step_s"] == pytest.approx(0.5)
+    assert estimate["examples_per_s"] == pytest.approx(64)
+    step = compile_plan.CompiledStep(32, True, flops=None,
+                                     device_memory_bytes=2e12)
+    estimate = compile_plan.roofline(step, spec, bert, 128, 20)
+    assert estimate["flops_source"] == "model"
+    assert estimate["bound"] == "memory" and estimate["step_s"] == 2.0
+
+
+def test_model_flops_are_six_per_weight_per_token_and_more():
+    bert = modeling.BertConfig.for_size("base", 30522)
+    flops = compile_plan.model_flops(bert, 256, 128, 20)
+    encoder_weights = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
+    assert flops > 6 * encoder_weights * 256 * 128
+    assert flops < 1.5 * 6 * encoder_weights * 256 * 128
+
+
+def _run_pretrain(*flags):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+               TPU_SKIP_MDS_QUERY="1")
+    return subprocess.run([sys.executable, "-m", "train.pretrain", *flags],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_an_unknown_chip_is_a_one_line_error(tmp_path):
+    completed = _run_pretrain("--compile_for=tpu-v9",
+                              f"--model_dir={tmp_path / 'run'}")
+    assert completed.returncode != 0
+    assert "compile_for" in completed.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed (the hlo extra)")
+def test_tiny_step_compiles_for_tpu_v5e_and_nothing_is_written(tmp_path):
+    model_dir = tmp_path / "run"
+    completed = _run_pretrain("--compile_for=tpu-v5e", "--model_size=tiny",
+                              "--vocab_size=1000", "--train_batch_size=8",
+                              "--mixed_precision=mixed_bfloat16",
+                              f"--model_dir={model_dir}")
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    out = completed.stdout
+    assert "compiled: yes" in out, out
+    assert "of the chip's 16.00 GiB: fits" in out
+    # A tiny BERT at batch 8 fits many times over: the search doubles.
+    assert "largest per-chip batch that fits: " in out
+    largest = int(out.split("largest per-chip batch that fits: ")[1]
+                  .split()[0])
+    assert largest > 8
+    assert "examples/s per chip" in out and "not a measurement" in out
+    assert not model_dir.exists()

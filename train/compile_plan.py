@@ -1,0 +1,313 @@
+"""A pretraining run planned for a chip that is not here.
+
+`python -m train.pretrain --compile_for=tpu-v5e ...` takes the run's own
+flags (model, sequence length, batch, precision, accumulation, optimizer),
+builds the training step that `--jit_compile` runs on one replica (forward,
+backward, gradient accumulation and the LAMB update, one XLA program),
+compiles it with the target's own compiler without the device
+(`train.accelerators`) and reports, training nothing and writing nothing:
+
+- whether it compiles (with the compiler's first error line if not);
+- the memory it needs (arguments, temporaries, outputs not updated in place)
+  against the chip's;
+- the largest per-chip batch that fits, found by compiling at a few batch
+  sizes (doubling or halving from the run's);
+- its flops and bytes, and a roofline estimate of the step's time and
+  examples per second per chip from the chip's public peak figures.
+
+The per-chip batch is the run's micro-batch: --train_batch_size divided by
+--gradient_accumulation_steps (one replica per chip).
+"""
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+from train import accelerators
+
+# At most this many compiles to find the largest batch that fits.
+MAX_FIT_COMPILES = 6
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """What the target's compiler made of the step at one per-chip batch."""
+
+    batch: int
+    compiled: bool
+    error: Optional[str] = None
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    flops: Optional[float] = None
+    bytes_accessed: Optional[float] = None
+    device_memory_bytes: Optional[int] = None
+    kernels: Optional[int] = None
+    export_s: float = 0.0
+    compile_s: float = 0.0
+
+    @property
+    def memory_bytes(self):
+        """Device memory the step needs: its arguments (variables, slots,
+        the batch), its temporaries and the outputs not written in place."""
+        return (self.argument_bytes + self.temp_bytes + self.output_bytes
+                - self.alias_bytes)
+
+    def fits(self, capacity_bytes):
+        return self.compiled and self.memory_bytes <= capacity_bytes
+
+
+def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
+                          capacity_bytes: float, start: int,
+                          max_compiles: int = MAX_FIT_COMPILES):
+    """(largest batch that fits or None, {batch: CompiledStep} tried).
+
+    Doubles from `start` while the step fits, halves while it does not;
+    only batches `start * 2**k` are tried, at most `max_compiles`.
+    """
+    tried = {}
+
+    def fits(batch):
+        if batch not in tried:
+            tried[batch] = compile_at(batch)
+        return tried[batch].fits(capacity_bytes)
+
+    batch = start
+    if fits(batch):
+        while len(tried) < max_compiles and fits(batch * 2):
+            batch *= 2
+        return batch, tried
+    while batch > 1 and len(tried) < max_compiles:
+        batch //= 2
+        if fits(batch):
+            return batch, tried
+    return None, tried
+
+
+def model_flops(bert_config, batch, seq_length, predictions):
+    """Flops of one training step of `batch` sequences, counted from the
+    model (for targets without a cost analysis): 6 per weight per token for
+    the encoder's matrices (forward and backward), the attention scores and
+    their weighting, and the MLM head over the predicted positions."""
+    hidden, layers = bert_config.hidden_size, bert_config.num_hidden_layers
+    inner = bert_config.intermediate_size
+    per_layer = 4 * hidden * hidden + 2 * hidden * inner
+    tokens = batch * seq_length
+    encoder = 6 * layers * per_layer * tokens
+    attention = 6 * 2 * layers * batch * seq_length * seq_length * hidden
+    head = 6 * batch * predictions * (hidden * hidden
+                                      + hidden * bert_config.vocab_size)
+    return float(encoder + attention + head)
+
+
+def roofline(step, spec, bert_config, seq_length, predictions):
+    """An estimate of the step's seconds on the chip: the larger of its
+    flops at the chip's peak and its bytes at the chip's bandwidth."""
+    flops = step.flops
+    flops_source = "cost analysis"
+    if not flops:
+        flops = model_flops(bert_config, step.batch, seq_length, predictions)
+        flops_source = "model"
+    traffic = step.bytes_accessed or step.device_memory_bytes or 0.0
+    compute_s = flops / spec["peak_flops"]
+    memory_s = traffic / spec["hbm_bytes_per_s"]
+    seconds = max(compute_s, memory_s)
+    return {"flops": flops, "flops_source": flops_source,
+            "bytes": traffic, "compute_s": compute_s, "memory_s": memory_s,
+            "bound": "compute" if compute_s >= memory_s else "memory",
+            "step_s": seconds, "examples_per_s": step.batch / seconds}
+
+
+# -- the step, with TensorFlow -------------------------------------------------
+
+def feature_specs(batch, seq_length, predictions):
+    """The TensorSpecs of one batch, as train.input_pipeline yields it."""
+    import tensorflow as tf
+    ints = lambda n: tf.TensorSpec([batch, n], tf.int32)  # noqa: E731
+    return {"input_ids": ints(seq_length), "input_mask": ints(seq_length),
+            "segment_ids": ints(seq_length),
+            "masked_lm_positions": ints(predictions),
+            "masked_lm_ids": ints(predictions),
+            "masked_lm_weights": tf.TensorSpec([batch, predictions],
+                                               tf.float32),
+            "next_sentence_labels": ints(1)}
+
+
+class StepExporter:
+    """The training step of `config` on one replica, as HLO at any batch.
+
+    The model, optimizer and slots are built once (on this CPU, in the
+    run's precision); each batch size traces the step anew.
+    """
+
+    def __init__(self, config, bert_config, phase):
+        import keras
+        import tensorflow as tf
+        from train import trainer as trainer_lib
+        self.phase = phase
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+        try:
+            self.trainer = trainer_lib.Trainer(
+                dataclasses.replace(config, jit_compile=True),
+                tf.distribute.get_strategy(), bert_config, [phase])
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        trainer = self.trainer
+        # One micro-step: forward, backward, and the optimizer's call (which
+        # accumulates, or applies the update on the cycle's last call).
+        self._step = tf.function(
+            lambda features: trainer._replica_step(
+                features, tf.constant(0, tf.int64)),
+            jit_compile=True, autograph=False)
+
+    @property
+    def parameters(self):
+        return sum(int(v.shape.num_elements())
+                   for v in self.trainer.model.trainable_variables)
+
+    def hlo(self, batch):
+        """The serialized HloModuleProto of the step at per-chip `batch`."""
+        specs = feature_specs(batch, self.phase.seq_length,
+                              self.phase.predictions)
+        return self._step.experimental_get_compiler_ir(specs)(
+            stage="hlo_serialized")
+
+
+def compile_step(device, exporter, batch):
+    """A CompiledStep of `exporter`'s step at `batch` for `device`."""
+    started = time.perf_counter()
+    proto = exporter.hlo(batch)
+    export_s = time.perf_counter() - started
+    try:
+        executable, seconds = accelerators.compile_proto(device, proto)
+    except Exception as error:  # the compiler's own  pylint: disable=broad-except
+        first_line = (str(error).strip().splitlines() or [repr(error)])[0]
+        return CompiledStep(batch, False, error=first_line,
+                            export_s=export_s)
+    measured, _ = accelerators.measure(executable, seconds, None)
+    return CompiledStep(
+        batch, True, argument_bytes=measured["argument_bytes"],
+        output_bytes=measured["output_bytes"],
+        alias_bytes=measured["alias_bytes"],
+        temp_bytes=measured["temp_bytes"], flops=measured.get("flops"),
+        bytes_accessed=measured.get("bytes_accessed"),
+        device_memory_bytes=measured["device_memory_bytes"],
+        kernels=measured["kernels"], export_s=export_s, compile_s=seconds)
+
+
+def plan(config, bert_config, target, search=True):
+    """The report's content for `config` on `target` (a dict)."""
+    spec = accelerators.TARGETS[target]
+    device = accelerators.target_device(target)
+    phase = config.phases()[-1 if config.phase2_steps else 0]
+    batch = config.accumulation.micro_batch_size(phase.batch_size)
+    exporter = StepExporter(config, bert_config, phase)
+    steps = {}
+
+    def compile_at(b):
+        if b not in steps:
+            steps[b] = compile_step(device, exporter, b)
+        return steps[b]
+
+    asked = compile_at(batch)
+    largest = None
+    if search:
+        largest, _ = largest_fitting_batch(compile_at, spec["hbm_bytes"],
+                                           batch)
+    result = {
+        "target": target, "chip": spec["chip"],
+        "chip_memory_bytes": spec["hbm_bytes"],
+        "model": dataclasses.asdict(bert_config),
+        "parameters": exporter.parameters,
+        "seq_length": phase.seq_length, "predictions": phase.predictions,
+        "precision": config.mixed_precision,
+        "accumulation_steps": config.accumulation.steps,
+        "batch": batch, "step": dataclasses.asdict(asked),
+        "memory_bytes": asked.memory_bytes if asked.compiled else None,
+        "fits": asked.fits(spec["hbm_bytes"]),
+        "largest_batch": largest,
+        "tried": {b: {"compiled": s.compiled,
+                      "memory_bytes": s.memory_bytes if s.compiled else None,
+                      "fits": s.fits(spec["hbm_bytes"])}
+                  for b, s in sorted(steps.items())},
+    }
+    if asked.compiled:
+        result["estimate"] = roofline(asked, spec, bert_config,
+                                      phase.seq_length, phase.predictions)
+    if largest is not None and largest != batch:
+        result["estimate_at_largest"] = roofline(
+            steps[largest], spec, bert_config, phase.seq_length,
+            phase.predictions)
+    return result
+
+
+def _gib(value):
+    return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def report(result):
+    """The plan as the few lines `--compile_for` prints."""
+    step = result["step"]
+    model = result["model"]
+    lines = [
+        f"Compiled for {result['chip']} without the device: BERT "
+        f"{model['num_hidden_layers']} layers x {model['hidden_size']} "
+        f"({result['parameters']:,} parameters), sequence length "
+        f"{result['seq_length']}, per-chip batch {result['batch']}"
+        + (f" (x {result['accumulation_steps']} accumulated)"
+           if result["accumulation_steps"] > 1 else "")
+        + f", {result['precision']}"]
+    if not step["compiled"]:
+        lines.append(f"compiled: no: {step['error']}")
+    else:
+        lines.append(f"compiled: yes ({step['kernels']} kernels, "
+                     f"{step['compile_s']:.0f} s)")
+        lines.append(
+            f"memory: arguments {_gib(step['argument_bytes'])} + "
+            f"temporaries {_gib(step['temp_bytes'])} + outputs not in place "
+            f"{_gib(step['output_bytes'] - step['alias_bytes'])} = "
+            f"{_gib(result['memory_bytes'])} of the chip's "
+            f"{_gib(result['chip_memory_bytes'])}: "
+            + ("fits" if result["fits"] else "does not fit"))
+    tried = ", ".join(
+        f"{b}: " + ("no compile" if not t["compiled"] else
+                    f"{_gib(t['memory_bytes'])}"
+                    + ("" if t["fits"] else " (too big)"))
+        for b, t in result["tried"].items())
+    largest = result["largest_batch"]
+    lines.append(f"largest per-chip batch that fits: "
+                 f"{largest if largest is not None else 'none tried'} "
+                 f"(compiled at {tried})")
+    for key, label in (("estimate", f"batch {result['batch']}"),
+                       ("estimate_at_largest", f"batch {largest}")):
+        estimate = result.get(key)
+        if not estimate:
+            continue
+        lines.append(
+            f"estimate ({label}; roofline from the chip's peak, not a "
+            f"measurement): {estimate['flops']:.3g} flops "
+            f"({estimate['flops_source']}) and {estimate['bytes']:.3g} bytes "
+            f"per step -> {estimate['step_s'] * 1e3:.1f} ms "
+            f"({estimate['bound']}-bound), "
+            f"{estimate['examples_per_s']:,.0f} examples/s per chip")
+    return lines
+
+
+def run(config, bert_config):
+    """Plans `config` for `config.compile_for`, prints the report and
+    returns the plan."""
+    result = plan(config, bert_config, config.compile_for)
+    for line in report(result):
+        print(line, flush=True)
+    return result
+
+
+def default_bert_config(config):
+    """The model a plan compiles when no vocabulary is at hand yet: the
+    run's size with --vocab_size tokens (the vocabulary it would learn)."""
+    from train import modeling
+    return modeling.BertConfig.for_size(config.model_size_name,
+                                        config.vocab_size)
+
