@@ -14,6 +14,10 @@ optimizer_step times as XLA programs, for a device without TensorFlow.
 `python -m benchmarks.run_hlo`: times those programs with jaxlib on any XLA
 device (a GPU, say) and checks them against TensorFlow's results.
 
+`python -m benchmarks.compile_for`: what an H100's or a TPU's own compiler
+makes of those programs, compiled here without the device (kernels, bytes,
+memory).
+
 `python -m benchmarks.profile_hlo`: the device's kernel time of those
 programs, from a profiler trace (on a GPU a host-timed call mostly measures
 the host).

@@ -41,6 +41,7 @@ from unittest import mock
 
 from benchmarks import _common
 from benchmarks import optimizer_step
+from train.accelerators import without_copies
 
 CANDIDATES = ("tf_lamb", "keras_lamb_xla")
 MANIFEST = "manifest.json"
@@ -72,34 +73,6 @@ def _parameter_values(concrete):
             value = value.astype("float32")  # npz has no bfloat16; exact
         values.append(value)
     return values
-
-
-def without_copies(serialized):
-    """`serialized` (an HloModuleProto) with every `copy` instruction
-    replaced by its operand.
-
-    TensorFlow ends each output of a compiled function with a copy
-    (`XLA_Retvals.N`). jaxlib 0.11's HLO-to-StableHLO import rejects
-    them ("failed to legalize operation 'mhlo.copy'"); a copy is the
-    identity on values, and the input/output aliases keep the updates in
-    place, so the program computes the same without them.
-    """
-    from tensorflow.compiler.xla.service import hlo_pb2
-    module = hlo_pb2.HloModuleProto.FromString(serialized)
-    for computation in module.computations:
-        source = {i.id: i.operand_ids[0] for i in computation.instructions
-                  if i.opcode == "copy"}
-        if not source:
-            continue
-        kept = [i for i in computation.instructions if i.id not in source]
-        for instruction in kept:
-            instruction.operand_ids[:] = [source.get(o, o)
-                                          for o in instruction.operand_ids]
-        del computation.instructions[:]
-        computation.instructions.extend(kept)
-        computation.root_id = source.get(computation.root_id,
-                                         computation.root_id)
-    return module.SerializeToString()
 
 
 def export(name, variables, grads, out_dir, device_kind, with_values,

@@ -57,11 +57,18 @@ def test_no_batch_fits_and_failed_compiles_do_not_fit():
     assert largest == 32
 
 
-def test_the_search_stops_after_its_budget():
+def test_the_search_jumps_to_the_predicted_batch_within_its_budget():
+    # 1e-6 GiB per example: 2**23 examples fit in 16 GiB, 2**24 do not.
     compile_at, calls = fake_compiler(0.0, 1e-6)
     largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 1,
-                                                    max_compiles=4)
-    assert calls == [1, 2, 4, 8] and largest == 8
+                                                    max_compiles=5)
+    assert largest == 2**23
+    assert len(calls) <= 5
+    # With no budget left after the first two, the best found is kept.
+    compile_at, calls = fake_compiler(0.0, 1e-6)
+    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 1,
+                                                    max_compiles=2)
+    assert calls == [1, 2] and largest == 2
 
 
 def test_roofline_takes_the_slower_bound():

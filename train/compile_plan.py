@@ -20,6 +20,7 @@ The per-chip batch is the run's micro-batch: --train_batch_size divided by
 """
 
 import dataclasses
+import math
 import time
 from typing import Callable, Optional
 
@@ -63,8 +64,12 @@ def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
                           max_compiles: int = MAX_FIT_COMPILES):
     """(largest batch that fits or None, {batch: CompiledStep} tried).
 
-    Doubles from `start` while the step fits, halves while it does not;
-    only batches `start * 2**k` are tried, at most `max_compiles`.
+    Only batches `start * 2**k` are tried, at most `max_compiles`. From a
+    `start` that fits, the memory of `start` and `2 * start` predicts (as a
+    line) where the chip fills up, and the search jumps to the batch of
+    that form below the prediction; between the largest batch known to fit
+    and the smallest known not to, it bisects the exponent. From a `start`
+    that does not fit it halves.
     """
     tried = {}
 
@@ -73,16 +78,46 @@ def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
             tried[batch] = compile_at(batch)
         return tried[batch].fits(capacity_bytes)
 
+    def budget_left():
+        return len(tried) < max_compiles
+
     batch = start
-    if fits(batch):
-        while len(tried) < max_compiles and fits(batch * 2):
-            batch *= 2
-        return batch, tried
-    while batch > 1 and len(tried) < max_compiles:
-        batch //= 2
-        if fits(batch):
-            return batch, tried
-    return None, tried
+    if not fits(batch):
+        while batch > 1 and budget_left():
+            batch //= 2
+            if fits(batch):
+                return batch, tried
+        return None, tried
+    good, bad = 0, None  # exponents k of start * 2**k
+    if budget_left():
+        if fits(2 * start):
+            good = 1
+        else:
+            bad = 1
+    if good == 1:
+        low, high = (tried[start].memory_bytes,
+                     tried[2 * start].memory_bytes)
+        per_example = (high - low) / start
+        if per_example > 0:
+            predicted = start + (capacity_bytes - low) / per_example
+            guess = int(math.floor(math.log2(max(predicted / start, 2))))
+            if guess > good and budget_left():
+                if fits(start * 2**guess):
+                    good = guess
+                else:
+                    bad = guess
+    while budget_left():
+        if bad is None:
+            candidate = good + 1
+        elif bad - good <= 1:
+            break
+        else:
+            candidate = (good + bad) // 2
+        if fits(start * 2**candidate):
+            good = candidate
+        else:
+            bad = candidate
+    return start * 2**good, tried
 
 
 def model_flops(bert_config, batch, seq_length, predictions):
@@ -169,10 +204,16 @@ class StepExporter:
 
     def hlo(self, batch):
         """The serialized HloModuleProto of the step at per-chip `batch`."""
-        specs = feature_specs(batch, self.phase.seq_length,
-                              self.phase.predictions)
-        return self._step.experimental_get_compiler_ir(specs)(
-            stage="hlo_serialized")
+        import tensorflow as tf
+        # Zeros of the batch's shapes: the IR of a dict of TensorSpecs
+        # cannot be asked for, and only the shapes matter.
+        features = {name: tf.zeros(spec.shape, spec.dtype)
+                    for name, spec in feature_specs(
+                        batch, self.phase.seq_length,
+                        self.phase.predictions).items()}
+        return accelerators.without_copies(
+            self._step.experimental_get_compiler_ir(features)(
+                stage="hlo_serialized"))
 
 
 def compile_step(device, exporter, batch):
