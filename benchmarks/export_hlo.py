@@ -37,7 +37,6 @@ import gc
 import json
 import os
 import sys
-from unittest import mock
 
 from benchmarks import _common
 from benchmarks import optimizer_step
@@ -84,7 +83,7 @@ def export(name, variables, grads, out_dir, device_kind, with_values,
 
     # Lamb decides its form when it traces its program, from the device of
     # the variables; here they live on the CPU whatever the target.
-    with mock.patch.object(compiled, "device_kind", lambda device: device_kind):
+    with compiled.traced_for(device_kind):
         step = _compiled_step(name, variables, grads, config)
         concrete = step.get_concrete_function()
         proto = without_copies(

@@ -159,3 +159,22 @@ def test_step_in_place_without_temporaries_or_host_calls(kwargs):
     hlo = compiler_ir(optimizer, grads, "optimized_hlo")
     for op in ("send", "recv", "infeed", "outfeed", "custom-call"):
         assert f" {op}(" not in hlo, op
+
+
+def test_traced_for_gives_programs_another_devices_form():
+    from tf_lamb import compiled
+    ws = variables()
+    grads = gradient_stream(1)[0]
+    forms = {}
+    for kind in ("gpu", "tpu", "cpu"):
+        optimizer = Lamb(learning_rate=0.01)
+        with compiled.traced_for(kind):
+            optimizer.apply_gradients(zip(grads, ws))
+        forms[kind] = compiler_ir(optimizer, grads, "hlo")
+    # The GPU's form stacks the small variables; the others do not.
+    assert "concatenate" in forms["gpu"]
+    assert forms["tpu"] != forms["gpu"] and forms["cpu"] != forms["tpu"]
+    with pytest.raises(ValueError, match="device kind"):
+        with compiled.traced_for("ipu"):
+            pass
+    assert compiled.device_kind("/device:CPU:0") == "cpu"

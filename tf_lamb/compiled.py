@@ -17,6 +17,7 @@ fast and correctly:
 Measurements behind each choice: docs/performance.md.
 """
 
+import contextlib
 import dataclasses
 import math
 from typing import NamedTuple, Optional
@@ -84,9 +85,29 @@ class StepState(NamedTuple):
 
 # -- norms -------------------------------------------------------------------
 
+_traced_for = []  # kinds given to `traced_for`, innermost last
+
+
+@contextlib.contextmanager
+def traced_for(kind):
+    """Programs traced inside take the form of `kind` ("cpu", "gpu" or
+    "tpu") wherever their variables are: for a program exported here and
+    compiled for another device (benchmarks.export_hlo, --compile_for)."""
+    if kind not in FORMS:
+        raise ValueError(f"Unknown device kind {kind!r}; expected one of "
+                         f"{sorted(FORMS)}")
+    _traced_for.append(kind)
+    try:
+        yield
+    finally:
+        _traced_for.pop()
+
+
 def device_kind(device):
     """"cpu", "gpu" or "tpu": the kind of device a variable placed on
-    `device` (a device string) lives on."""
+    `device` (a device string) lives on, or the one `traced_for` names."""
+    if _traced_for:
+        return _traced_for[-1]
     device_type = (tf.DeviceSpec.from_string(device or "").device_type
                    or "").upper()
     if not device_type:

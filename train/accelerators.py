@@ -238,12 +238,18 @@ def _jax(platform):
     # libtpu locks /tmp/libtpu_lockfile for the one process that may drive
     # the chips; compiling without them, several processes may load it.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # The CUDA plugin checks the installed CUDA against a GPU's driver
+    # unless only the CPU is asked for; here there is no GPU to check.
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     try:
         import jax
         from jax.experimental import topologies
     except ImportError:
         raise CompilerMissing(f"jax is not installed: {INSTALL[platform]}")
     jax.config.update("jax_enable_x64", True)  # TensorFlow's int64 counters
+    if not jax.config.jax_platforms:
+        # Keras imports jax before this runs, so the environment came late.
+        jax.config.update("jax_platforms", "cpu")
     if platform == "tpu":
         try:
             import libtpu  # noqa: F401

@@ -173,10 +173,13 @@ class StepExporter:
     """The training step of `config` on one replica, as HLO at any batch.
 
     The model, optimizer and slots are built once (on this CPU, in the
-    run's precision); each batch size traces the step anew.
+    run's precision); each batch size traces the step anew, with the
+    optimizer's step in the form it takes on `device_kind` ("tpu" or "gpu";
+    tf_lamb.compiled.FORMS), not this CPU's.
     """
 
-    def __init__(self, config, bert_config, phase):
+    def __init__(self, config, bert_config, phase, device_kind):
+        self.device_kind = device_kind
         import keras
         import tensorflow as tf
         from train import trainer as trainer_lib
@@ -211,9 +214,12 @@ class StepExporter:
                     for name, spec in feature_specs(
                         batch, self.phase.seq_length,
                         self.phase.predictions).items()}
-        return accelerators.without_copies(
-            self._step.experimental_get_compiler_ir(features)(
-                stage="hlo_serialized"))
+        from tf_lamb import compiled
+        # The variables live on this CPU; the program is for the target.
+        with compiled.traced_for(self.device_kind):
+            return accelerators.without_copies(
+                self._step.experimental_get_compiler_ir(features)(
+                    stage="hlo_serialized"))
 
 
 def compile_step(device, exporter, batch):
@@ -244,7 +250,8 @@ def plan(config, bert_config, target, search=True):
     device = accelerators.target_device(target)
     phase = config.phases()[-1 if config.phase2_steps else 0]
     batch = config.accumulation.micro_batch_size(phase.batch_size)
-    exporter = StepExporter(config, bert_config, phase)
+    exporter = StepExporter(config, bert_config, phase,
+                            "tpu" if spec["platform"] == "tpu" else "gpu")
     steps = {}
 
     def compile_at(b):
