@@ -54,6 +54,21 @@ def test_custom_loop_mirrored_equals_single_device(jit_compile, device_kind):
         assert max_relative_error([copies[0]], [ref.numpy()]) <= 1e-6
 
 
+def test_tf_variables_mirrored_equal_single_device(device_kind):
+    """A tf.Module's plain tf.Variables, created in the strategy's scope."""
+    x, y = dt.data()
+    single, _ = dt.train_custom_loop(tf.distribute.get_strategy(), x, y,
+                                     model_fn=dt.PlainModule)
+    multi, optimizer = dt.train_custom_loop(mirrored(), x, y,
+                                            model_fn=dt.PlainModule)
+    assert max_relative_error(multi, single) <= 1e-6
+    assert max_relative_error(single, [
+        v.numpy() for v in dt.PlainModule().trainable_variables]) > 1e-3
+    for slot in optimizer._momentums:
+        copies = dt.replica_copies(slot)
+        np.testing.assert_array_equal(copies[0], copies[1])
+
+
 def test_fit_mirrored_equals_single_device():
     x, y = dt.data()
     single, _ = dt.train_fit(tf.distribute.get_strategy(), x, y)

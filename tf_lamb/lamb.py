@@ -22,7 +22,20 @@ _FLOAT32_STATE = ("momentum", "velocity", "gradient_accumulator")
 
 
 def _path(variable):
-    return getattr(variable, "path", None) or variable.name
+    """A keras.Variable's path; a tf.Variable's name, less its ":0"."""
+    path = getattr(variable, "path", None)
+    if path:
+        return path
+    name = variable.name
+    return name[:-2] if name.endswith(":0") else name
+
+
+def _tf_variable(variable):
+    """The tf.Variable that holds `variable` (a keras.Variable's value, or a
+    tf.Variable itself: its `value` is a method)."""
+    if isinstance(variable, keras.Variable):
+        return variable.value
+    return variable
 
 
 @keras.saving.register_keras_serializable(package="tf_lamb")
@@ -317,7 +330,7 @@ class Lamb(keras.optimizers.Optimizer):
             decay = (self.weight_decay if self._use_weight_decay(variable)
                      else 0.0)
             return compiled.VariableState(
-                weight=variable.value,
+                weight=_tf_variable(variable),
                 momentum=self._momentums[index].value,
                 velocity=self._velocities[index].value,
                 accumulator=(self._accumulated_gradients[index].value

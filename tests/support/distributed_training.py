@@ -35,11 +35,29 @@ def make_lamb(jit_compile=True):
                 jit_compile=jit_compile)
 
 
+class PlainModule(tf.Module):
+    """make_model's network as a tf.Module of plain tf.Variables."""
+
+    def __init__(self, seed=3):
+        super().__init__(name="plain")
+        rng = np.random.default_rng(seed)
+        self.hidden = tf.Variable(
+            rng.normal(size=(8, 8)).astype(np.float32) * 0.5, name="kernel")
+        self.hidden_bias = tf.Variable(np.zeros(8, np.float32), name="bias")
+        self.output = tf.Variable(
+            rng.normal(size=(8, 1)).astype(np.float32) * 0.5, name="out")
+
+    def __call__(self, x):
+        return tf.matmul(tf.nn.tanh(tf.matmul(x, self.hidden)
+                                    + self.hidden_bias), self.output)
+
+
 def train_custom_loop(strategy, x, y, make_optimizer=make_lamb,
-                      wrap_optimizer=None):
-    """Trains with `strategy.run`; returns (weights, optimizer)."""
+                      wrap_optimizer=None, model_fn=make_model):
+    """Trains `model_fn()` (a Keras model, or a tf.Module of tf.Variables)
+    with `strategy.run`; returns (weights, optimizer)."""
     with strategy.scope():
-        model = make_model()
+        model = model_fn()
         optimizer = make_optimizer()
         if wrap_optimizer is not None:
             optimizer = wrap_optimizer(optimizer)
