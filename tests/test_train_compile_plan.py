@@ -60,10 +60,15 @@ def test_no_batch_fits_and_failed_compiles_do_not_fit():
 def test_the_search_jumps_to_the_predicted_batch_within_its_budget():
     # 1e-6 GiB per example: 2**23 examples fit in 16 GiB, 2**24 do not.
     compile_at, calls = fake_compiler(0.0, 1e-6)
-    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 1,
-                                                    max_compiles=5)
+    largest, _ = compile_plan.largest_fitting_batch(
+        compile_at, 16 * GIB, 1, max_compiles=5, max_batch=2**30)
     assert largest == 2**23
     assert len(calls) <= 5
+    # Nothing above max_batch is compiled.
+    compile_at, calls = fake_compiler(0.0, 1e-6)
+    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 1,
+                                                    max_batch=1024)
+    assert largest == 1024 and max(calls) == 1024
     # With no budget left after the first two, the best found is kept.
     compile_at, calls = fake_compiler(0.0, 1e-6)
     largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 1,

@@ -21,13 +21,18 @@ The per-chip batch is the run's micro-batch: --train_batch_size divided by
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Callable, Optional
 
 from train import accelerators
 
-# At most this many compiles to find the largest batch that fits.
+# At most this many compiles to find the largest batch that fits, and no
+# per-chip batch above MAX_BATCH: a program far too big for the chip makes
+# the compiler work hard to fit it (minutes), and BERT pretraining runs
+# tens to hundreds of examples per chip.
 MAX_FIT_COMPILES = 6
+MAX_BATCH = 1024
 
 
 @dataclasses.dataclass
@@ -61,15 +66,16 @@ class CompiledStep:
 
 def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
                           capacity_bytes: float, start: int,
-                          max_compiles: int = MAX_FIT_COMPILES):
+                          max_compiles: int = MAX_FIT_COMPILES,
+                          max_batch: int = MAX_BATCH):
     """(largest batch that fits or None, {batch: CompiledStep} tried).
 
-    Only batches `start * 2**k` are tried, at most `max_compiles`. From a
-    `start` that fits, the memory of `start` and `2 * start` predicts (as a
-    line) where the chip fills up, and the search jumps to the batch of
-    that form below the prediction; between the largest batch known to fit
-    and the smallest known not to, it bisects the exponent. From a `start`
-    that does not fit it halves.
+    Only batches `start * 2**k` up to `max_batch` are tried, at most
+    `max_compiles` of them. From a `start` that fits, the memory of `start`
+    and `2 * start` predicts (as a line) where the chip fills up, and the
+    search jumps to the batch of that form below the prediction; between
+    the largest batch known to fit and the smallest known not to, it
+    bisects the exponent. From a `start` that does not fit it halves.
     """
     tried = {}
 
@@ -89,6 +95,10 @@ def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
                 return batch, tried
         return None, tried
     good, bad = 0, None  # exponents k of start * 2**k
+    ceiling = max(0, int(math.floor(math.log2(max(max_batch, start)
+                                              / start))))
+    if ceiling == 0:
+        return start, tried
     if budget_left():
         if fits(2 * start):
             good = 1
@@ -100,13 +110,14 @@ def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
         per_example = (high - low) / start
         if per_example > 0:
             predicted = start + (capacity_bytes - low) / per_example
-            guess = int(math.floor(math.log2(max(predicted / start, 2))))
+            guess = min(ceiling, int(math.floor(math.log2(
+                max(predicted / start, 2)))))
             if guess > good and budget_left():
                 if fits(start * 2**guess):
                     good = guess
                 else:
                     bad = guess
-    while budget_left():
+    while budget_left() and good < ceiling:
         if bad is None:
             candidate = good + 1
         elif bad - good <= 1:
@@ -256,6 +267,8 @@ def plan(config, bert_config, target, search=True):
 
     def compile_at(b):
         if b not in steps:
+            print(f"[compile_for] {target}: compiling the step at per-chip "
+                  f"batch {b} ...", file=sys.stderr, flush=True)
             steps[b] = compile_step(device, exporter, b)
         return steps[b]
 
