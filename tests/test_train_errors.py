@@ -54,6 +54,18 @@ def test_contradictory_or_impossible_flags(args, match, tmp_path):
     _fails(SMALL + args, match, tmp_path)
 
 
+def test_sequences_longer_than_the_positions_write_nothing(tmp_path):
+    """Without --vocab_file or --bert_config_file (the vocabulary is still to
+    be learnt), in either phase: the model's max_position_embeddings (512)
+    is checked before anything is written."""
+    for args in (["--max_seq_length=1024", "--max_predictions_per_seq=5"],
+                 ["--phase2_steps=1", "--phase2_max_seq_length=600"]):
+        merged = {a.split("=")[0]: a for a in SMALL}
+        merged.update({a.split("=")[0]: a for a in args})
+        _fails(list(merged.values()),
+               "exceed the model's max_position_embeddings=512", tmp_path)
+
+
 def test_unreachable_tpu(tmp_path):
     _fails(SMALL + ["--strategy=tpu", "--tpu=grpc://127.0.0.1:1"],
            "No TPU reachable at grpc://127.0.0.1:1", tmp_path)

@@ -43,14 +43,26 @@ def resolve_model(config, phases):
     if config.train_files and bert_config is None:
         raise InputError("--train_files needs --vocab_file or "
                          "--bert_config_file (to know the vocabulary size)")
-    if bert_config is not None:
-        longest = max(p.seq_length for p in phases)
-        if longest > bert_config.max_position_embeddings:
-            raise InputError(
-                f"Sequences of {longest} tokens exceed the model's "
-                f"max_position_embeddings="
-                f"{bert_config.max_position_embeddings}")
+    check_lengths(config, phases, bert_config)
     return bert_config, tokens
+
+
+def check_lengths(config, phases, bert_config):
+    """Every sequence length the run uses (each phase's; --max_seq_length
+    when it evaluates) fits the model's position embeddings: those of
+    `bert_config`, or of --model_size's BERT while the vocabulary is still
+    to be learnt."""
+    if bert_config is None:
+        bert_config = modeling.BertConfig.for_size(config.model_size_name, 1)
+    lengths = [p.seq_length for p in phases]
+    if config.evaluates:
+        lengths.append(config.max_seq_length)
+    longest = max(lengths)
+    if longest > bert_config.max_position_embeddings:
+        raise InputError(
+            f"Sequences of {longest} tokens exceed the model's "
+            f"max_position_embeddings="
+            f"{bert_config.max_position_embeddings}")
 
 
 def saved_bert_config(model_dir):

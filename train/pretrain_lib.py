@@ -116,6 +116,7 @@ def _check(config, strategy):
                     saved, f"{config.model_dir}/bert_config.json")
             except ValueError as error:
                 raise InputError(str(error)) from None
+            model_setup.check_lengths(config, phases, bert_config)
     if config.evaluates and bert_config is None:
         raise InputError(
             "--eval_files needs the model's vocabulary: --vocab_file or "
