@@ -487,3 +487,17 @@ def test_tf_module_checkpoint_restores_and_continues(tmp_path):
     resumed = _train_module(fresh, fresh_optimizer, 3, "function")
     for a, b in zip(resumed, uninterrupted):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_variable_learning_rate_is_refused_and_a_callable_honoured():
+    rate = keras.Variable(0.05)
+    with pytest.raises(ValueError, match="learning_rate` must not be a var"):
+        Lamb(learning_rate=rate)
+    w = keras.Variable(np.array([1.0, 2.0], np.float32))
+    optimizer = Lamb(learning_rate=lambda: rate)
+    optimizer.apply_gradients([(tf.constant([0.1, 0.2]), w)])
+    moved = w.numpy().copy()
+    assert not np.array_equal(moved, [1.0, 2.0])
+    rate.assign(0.0)
+    optimizer.apply_gradients([(tf.constant([0.1, 0.2]), w)])
+    np.testing.assert_array_equal(w.numpy(), moved)

@@ -54,6 +54,13 @@ def check_arguments(learning_rate=0.001, beta_1=0.9, beta_2=0.999,
 
 def checked_learning_rate(learning_rate):
     """A schedule or callable as it is, a constant as a float."""
+    # A variable would be read once here and copied: assigning to it later
+    # would change nothing, silently.
+    _check(not isinstance(learning_rate, (keras.Variable, tf.Variable)),
+           "learning_rate", learning_rate,
+           "must not be a variable (its later values would be ignored); "
+           "pass a float, a LearningRateSchedule or a callable such as "
+           "`lambda: variable`, or assign optimizer.learning_rate")
     if isinstance(learning_rate, schedules.LearningRateSchedule):
         return learning_rate
     if callable(learning_rate) and not tf.is_tensor(learning_rate):
