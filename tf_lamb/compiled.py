@@ -69,7 +69,6 @@ class VariableState(NamedTuple):
     momentum: tf.Variable
     velocity: tf.Variable
     accumulator: Optional[tf.Variable]  # gradient accumulation only
-    average: Optional[tf.Variable]  # EMA only
     weight_decay: float  # 0: no decay (excluded, or none asked for)
     layer_adaptation: bool  # False: phi = 1
 
@@ -81,6 +80,10 @@ class StepState(NamedTuple):
     trust_ratios: tf.Variable  # phi of every variable of the optimizer
     indices: tuple  # the variables' places in trust_ratios
     variables: tuple  # their VariableStates
+    # EMA only: (weight, average) of every trainable variable of the
+    # optimizer, updated at every call as Keras does, whether or not the
+    # variable has a gradient in this call.
+    averaged: tuple = ()
 
 
 # -- norms -------------------------------------------------------------------
@@ -231,7 +234,8 @@ def step(grads, hyperparameters, state, settings):
     iterations = state.iterations
     steps = settings.accumulation_steps
     if not steps:
-        update(grads, hyperparameters, iterations, state, settings)
+        finite = update(grads, hyperparameters, iterations, state, settings)
+        update_ema(state.averaged, iterations, finite, settings)
         return
     accumulators = [variable.accumulator for variable in state.variables]
     is_update_step = tf.equal((iterations + 1) % steps, 0)
@@ -243,6 +247,8 @@ def step(grads, hyperparameters, state, settings):
         for a, g in zip(accumulators, grads):
             g = tf.cast(g, a.dtype)
             a.assign(tf.where(starts_cycle, g, a.read_value() + g))
+        # Keras moves the averages at every call, the weights unchanged.
+        update_ema(state.averaged, iterations // steps, None, settings)
 
     def take_mean(trip):
         # A loop of its own: inside the update's loop XLA would fuse the mean
@@ -258,7 +264,9 @@ def step(grads, hyperparameters, state, settings):
             # per variable, allocated even when no update runs.
             one = tf.cast(trip, tf.float32) + 1.0
             means = [tf.cast(m, tf.float32) * one for m in means]
-        update(means, hyperparameters, iterations // steps, state, settings)
+        finite = update(means, hyperparameters, iterations // steps, state,
+                        settings)
+        update_ema(state.averaged, iterations // steps, finite, settings)
 
     run_if(tf.logical_not(is_update_step), accumulate, settings.jit_compile)
     run_if(is_update_step, take_mean, settings.jit_compile)
@@ -270,8 +278,8 @@ def update(grads, hyperparameters, update_count, state, settings):
     were applied before. A step whose gradients hold inf or NaN changes no
     variable and no slot."""
     if settings.form == "grouped":
-        update_grouped(grads, hyperparameters, update_count, state, settings)
-        return
+        return update_grouped(grads, hyperparameters, update_count, state,
+                              settings)
     grads = [tf.cast(g, tf.float32) for g in grads]
     grad_squared_norms = [
         sums_of_squares(g, use_matvec=settings.use_matvec)[0] for g in grads]
@@ -287,12 +295,11 @@ def update(grads, hyperparameters, update_count, state, settings):
     def update_variables(finite):
         ratios = [update_variable(variable, g, values, settings, finite)
                   for variable, g in zip(state.variables, grads)]
-        if settings.ema_momentum is not None:
-            update_ema(state.variables, update_count, finite, settings)
         return tf.stack(ratios)
 
     store_trust_ratios(state, update_variables, finite=finite,
                        jit_compile=settings.jit_compile)
+    return finite
 
 
 def store_trust_ratios(state, update_variables, finite, jit_compile):
@@ -378,23 +385,29 @@ def _clipped(grads, squared_norms, settings):
     return grads
 
 
-def update_ema(variables, update_count, finite, settings):
-    """average = momentum * average + (1 - momentum) * w, after an update."""
-    # The first update copies the weights, as Keras' base optimizer does.
-    momentum = tf.where(update_count > 0, settings.ema_momentum, 0.0)
+def update_ema(averaged, updates, finite, settings):
+    """average = momentum * average + (1 - momentum) * w for every (w,
+    average) in `averaged`, at every call, as Keras' base optimizer does.
+    `updates` is Keras' `optimizer.iterations` (updates before this call):
+    momentum is 0 while it is 0 (the weights are copied in), and where
+    `updates + 1` is a multiple of `ema_overwrite_frequency` the weights take
+    their averages. Where `finite` is false (an update dropped by the inf/NaN
+    rule), nothing changes."""
+    if settings.ema_momentum is None or not averaged:
+        return
+    momentum = tf.where(updates > 0, settings.ema_momentum, 0.0)
     overwrite = None
     if settings.ema_overwrite_frequency:
         overwrite = tf.equal(
-            (update_count + 1) % settings.ema_overwrite_frequency, 0)
+            (updates + 1) % settings.ema_overwrite_frequency, 0)
         if finite is not None:
             overwrite = tf.logical_and(finite, overwrite)
-    for variable in variables:
-        w, average = variable.weight, variable.average
+    for w, average in averaged:
         weight = tf.cast(w.read_value(), tf.float32)
-        new_average = (momentum * tf.cast(average.read_value(), tf.float32)
-                       + (1.0 - momentum) * weight)
+        old_average = tf.cast(average.read_value(), tf.float32)
         new_average = _unless_nonfinite(
-            finite, new_average, tf.cast(average.read_value(), tf.float32))
+            finite, momentum * old_average + (1.0 - momentum) * weight,
+            old_average)
         average.assign(tf.cast(new_average, average.dtype))
         if overwrite is not None:
             w.assign(tf.where(overwrite, tf.cast(new_average, w.dtype),
@@ -571,9 +584,8 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
             variable.velocity.assign(tf.where(finite, v, v_old))
             variable.weight.assign(tf.cast(tf.where(finite, new_weight, w),
                                            variable.weight.dtype))
-        if settings.ema_momentum is not None:
-            update_ema(variables, update_count, finite, settings)
         return ratios
 
     store_trust_ratios(state, update_variables, finite=finite,
                        jit_compile=True)
+    return finite

@@ -335,15 +335,22 @@ class Lamb(keras.optimizers.Optimizer):
                 velocity=self._velocities[index].value,
                 accumulator=(self._accumulated_gradients[index].value
                              if self.gradient_accumulation_steps else None),
-                average=(self._model_variables_moving_average[index].value
-                         if self.use_ema else None),
                 weight_decay=decay,
                 layer_adaptation=self._use_layer_adaptation(variable))
 
+        averaged = ()
+        if self.use_ema:
+            averaged = tuple(
+                (_tf_variable(variable), average.value)
+                for variable, average in zip(
+                    self._trainable_variables,
+                    self._model_variables_moving_average)
+                if average is not None)
         return compiled.StepState(
             iterations=self._iterations.value,
             trust_ratios=self._trust_ratios.value, indices=indices,
-            variables=tuple(variable_state(i) for i in indices))
+            variables=tuple(variable_state(i) for i in indices),
+            averaged=averaged)
 
     # -- config ---------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from train import accelerators
 # per-chip batch above MAX_BATCH: a program far too big for the chip makes
 # the compiler work hard to fit it (minutes), and BERT pretraining runs
 # tens to hundreds of examples per chip.
-MAX_FIT_COMPILES = 6
+MAX_FIT_COMPILES = 4
 MAX_BATCH = 1024
 
 
