@@ -53,7 +53,8 @@ def test_no_batch_fits_and_failed_compiles_do_not_fit():
                                                         16 * GIB, 8)
     assert largest is None and set(tried) == {8, 4, 2, 1}
     compile_at, _ = fake_compiler(1.0, 0.01, fails_above=32)
-    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 8)
+    largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 8,
+                                                    max_compiles=6)
     assert largest == 32
 
 
