@@ -25,8 +25,12 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 
 from tf_lamb import algorithm, framework
-# XLA's optimization barrier, which tf.raw_ops lacks (TensorFlow >= 2.9).
-from tensorflow.compiler.tf2xla.python import xla as _tf2xla
+# XLA's optimization barrier, which tf.raw_ops lacks; where TensorFlow has
+# no such module the grouped form runs without it (same values, more kernels).
+try:
+    from tensorflow.compiler.tf2xla.python import xla as _tf2xla
+except ImportError:  # pragma: no cover
+    _tf2xla = None
 
 # XLA:CPU fuses the squares into the norms' matvec from TensorFlow 2.21 on;
 # 2.16's does not (2.17-2.20 unmeasured): plain reductions there.
@@ -419,6 +423,8 @@ def update_ema(averaged, updates, finite, settings):
 def optimization_barrier(*tensors):
     """`tensors` unchanged, through an XLA optimization barrier: XLA fuses
     nothing across it."""
+    if _tf2xla is None or not hasattr(_tf2xla, "optimization_barrier"):
+        return list(tensors)
     return list(_tf2xla.optimization_barrier(*tensors))
 
 
