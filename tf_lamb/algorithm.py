@@ -55,8 +55,14 @@ def clip_by_global_norm(gradients, clip_norm, global_norm):
     With a list of one gradient and its own norm, this is per-variable
     clipping (`clipnorm`).
     """
-    scale = clip_norm / tf.maximum(global_norm, clip_norm)
+    scale = clip_scale(clip_norm, global_norm)
     return [g * scale for g in gradients]
+
+
+def clip_scale(clip_norm, norm):
+    """clip_norm / max(norm, clip_norm): the factor that clips to clip_norm
+    a gradient of norm `norm` (elementwise over a tensor of norms)."""
+    return clip_norm / tf.maximum(norm, clip_norm)
 
 
 def update_moments(gradient, m, v, beta_1, beta_2):

@@ -540,13 +540,12 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
                                     lambda key, g: [tf.square(g)])[:, 0]
         finite = tf.math.is_finite(tf.reduce_sum(grad_squares))
         if settings.clipnorm:
-            scales = settings.clipnorm / tf.maximum(tf.sqrt(grad_squares),
-                                                    settings.clipnorm)
+            scales = algorithm.clip_scale(settings.clipnorm,
+                                          tf.sqrt(grad_squares))
         else:
-            global_norm = tf.sqrt(tf.reduce_sum(grad_squares))
-            scales = tf.fill([len(grads)], settings.global_clipnorm
-                             / tf.maximum(global_norm,
-                                          settings.global_clipnorm))
+            scales = tf.fill([len(grads)], algorithm.clip_scale(
+                settings.global_clipnorm,
+                tf.sqrt(tf.reduce_sum(grad_squares))))
         grad_scales = tf.unstack(scales)
         # The scale travels as an input of each variable's terms, so stacked
         # variables take a stacked scale.
