@@ -20,7 +20,7 @@ setup() {
   local stamp="$VENV/.tf_lamb-installed"
   local want
   local extras=tensorflow,train,test,hlo,study
-  want=$( (cat setup.cfg pyproject.toml; echo "$extras hub") | sha256sum | cut -d' ' -f1)
+  want=$( (cat setup.cfg pyproject.toml; echo "$extras hub keras-hub") | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # pip's download cache (~/.cache/pip) makes reinstalls fast; nothing
     # depends on it being there.
@@ -33,6 +33,10 @@ setup() {
     tf_minor=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(".".join(m.version("tensorflow").split(".")[:2]))')
     "$VENV/bin/python" -m pip install "tensorflow-hub>=0.16" "tf-keras==$tf_minor.*" ||
       echo "dev.sh: tensorflow-hub/tf-keras not installed; their test will skip" >&2
+    # KerasHub loads the Hugging Face export; its text ops need
+    # tensorflow-text of TensorFlow's minor version.
+    "$VENV/bin/python" -m pip install "keras-hub>=0.20" "tensorflow-text==$tf_minor.*" ||
+      echo "dev.sh: keras-hub/tensorflow-text not installed; their tests will skip" >&2
     echo "$want" > "$stamp"
   fi
 }

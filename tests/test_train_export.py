@@ -183,7 +183,7 @@ def _copy_run(run, destination):
     return str(destination)
 
 
-@pytest.mark.parametrize("fmt", ["google", "saved_model"])
+@pytest.mark.parametrize("fmt", ["google", "saved_model", "huggingface"])
 def test_bad_input_is_refused_before_writing(run, tmp_path, fmt):
     out = tmp_path / "out"
     empty = tmp_path / "empty"

@@ -8,14 +8,15 @@ From Python:
 Entry points:
   python -m train.pretrain                  pretrain a BERT encoder
   python -m train.create_pretraining_data   text files -> TFRecords
-  python -m train.export                    a run -> TF Hub SavedModel or
-                                            Google BERT folder
+  python -m train.export                    a run -> TF Hub SavedModel,
+                                            Google BERT or Hugging Face
+                                            folder
 """
 
 import importlib
 
 __all__ = ["InputError", "PretrainConfig", "export_google_checkpoint",
-           "export_saved_model", "run_pretraining"]
+           "export_huggingface", "export_saved_model", "run_pretraining"]
 
 # Loaded on first use, so that `python -m train.pretrain` can set
 # TensorFlow's log level (train/logs.py) before anything imports TensorFlow,
@@ -23,6 +24,7 @@ __all__ = ["InputError", "PretrainConfig", "export_google_checkpoint",
 # runs as __main__ (runpy warns).
 _HOMES = {"InputError": "train.errors", "PretrainConfig": "train.config",
           "export_google_checkpoint": "train.export",
+          "export_huggingface": "train.export",
           "export_saved_model": "train.export",
           "run_pretraining": "train.pretrain_lib"}
 

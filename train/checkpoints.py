@@ -9,7 +9,9 @@ into a `modeling.BertPretrainer` from either
 * a checkpoint written by `train.pretrain` (object-based,
   `tf.train.Checkpoint(model=..., optimizer=..., step=...)`), given as its
   model_dir (the newest checkpoint there is used) or as a prefix such as
-  `model_dir/ckpt-1000`.
+  `model_dir/ckpt-1000`; or
+* a folder in the Hugging Face layout (config.json and model.safetensors
+  of transformers' BERT, see train/huggingface.py).
 
 Checkpoint entries the model has no use for (`global_step`, optimizer slots
 such as `*/adam_m`, `*/adam_v`, the optimizer of our own runs) are ignored.
@@ -24,6 +26,8 @@ import re
 from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from train import huggingface
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _VARIABLE_ATTRIBUTE = "VARIABLE_VALUE"
@@ -172,6 +176,12 @@ def _object_graph_keys(reader, model):
 
 def _plan(reader, model):
     """[(label, variable, key, transposed)] for every model variable."""
+    if isinstance(reader, huggingface.Reader):
+        names = huggingface.variable_names(google_variable_names(model))
+        return "Hugging Face", [
+            (name, variable, name if reader.has_tensor(name) else None,
+             transposed)
+            for name, (variable, transposed) in names.items()]
     if reader.has_tensor(_OBJECT_GRAPH_KEY):
         keys = _object_graph_keys(reader, model)
         return "train.pretrain", [(v.path, v, keys[id(v)], False)
@@ -193,12 +203,17 @@ def _fitting_plan(model, path):
     if not model.built or not model.weights:
         raise ValueError("Build the model (BertPretrainer.build_for) before "
                          "loading a checkpoint into it")
-    prefix = resolve_checkpoint(path)
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError) as error:
-        raise ValueError(f"Cannot read checkpoint {prefix}: "
-                         f"{error}") from None
+    if huggingface.is_folder(path):
+        prefix = path
+        huggingface.check_config(path, model.config)
+        reader = huggingface.Reader(path)
+    else:
+        prefix = resolve_checkpoint(path)
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+        except (tf.errors.OpError, ValueError) as error:
+            raise ValueError(f"Cannot read checkpoint {prefix}: "
+                             f"{error}") from None
     shapes = reader.get_variable_to_shape_map()
     kind, plan = _plan(reader, model)
 
@@ -233,8 +248,8 @@ def init_from_checkpoint(model, path):
     """Copies a checkpoint's weights into a built `modeling.BertPretrainer`.
 
     `path` is a Google BERT checkpoint prefix (e.g. `.../bert_model.ckpt`),
-    a train.pretrain model_dir or checkpoint prefix, or a directory holding
-    one checkpoint (see `resolve_checkpoint`).  Only the model's weights
+    a train.pretrain model_dir or checkpoint prefix, a directory holding
+    one checkpoint (see `resolve_checkpoint`), or a Hugging Face folder.  Only the model's weights
     change; optimizer state in the checkpoint is ignored.  The model may
     have been built under a tf.distribute strategy: every replica's copy
     gets the values.
@@ -251,7 +266,7 @@ def init_from_checkpoint(model, path):
     for _, variable, key, transposed in plan:
         try:
             value = reader.get_tensor(key)
-        except tf.errors.OpError as error:
+        except (tf.errors.OpError, ValueError) as error:
             raise ValueError(f"Cannot read {key} from checkpoint {prefix}: "
                              f"{error}") from None
         values.append(value.T if transposed else value)
@@ -262,8 +277,8 @@ def init_from_checkpoint(model, path):
     ignored = sorted(k for k in shapes if k not in used)
     # Unused entries named like weights (not like optimizer slots) usually
     # mean a bert_config with fewer layers than the checkpoint's model.
-    unused_weights = [k for k in ignored
-                      if _WEIGHT_NAME.search(k) and kind == "Google BERT"]
+    unused_weights = [k for k in ignored if kind == "Hugging Face" or (
+        _WEIGHT_NAME.search(k) and kind == "Google BERT")]
     if unused_weights:
         logging.warning("%d weights in %s are not used by the model (is "
                         "the BERT config the checkpoint's?): %s",

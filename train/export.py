@@ -1,7 +1,10 @@
-r"""Hand a pretrained model on: a TF Hub SavedModel or a Google BERT folder.
+r"""Hand a pretrained model on: a TF Hub SavedModel, a Google BERT folder
+or a Hugging Face folder.
 
     python -m train.export --model_dir=runs/pretrain --output_dir=OUT
     python -m train.export --model_dir=runs/pretrain --format=google \
+        --output_dir=OUT
+    python -m train.export --model_dir=runs/pretrain --format=huggingface \
         --output_dir=OUT
 
 Either exports the newest checkpoint of --model_dir (or --checkpoint), with
@@ -18,8 +21,16 @@ checkpoint holding every weight of Google's BertModel and its pretraining
 heads, under Google's names and shapes, in float32, without optimizer
 state), OUT/bert_config.json and OUT/vocab.txt.
 
-From Python: `train.export_saved_model(model_dir, output_dir)` and
-`train.export_google_checkpoint(model_dir, output_dir)`.
+--format=huggingface writes the layout transformers and KerasHub read
+(train/huggingface.py): OUT/config.json, OUT/model.safetensors (float32,
+transformers' BertForPreTraining names, with both heads), OUT/vocab.txt,
+OUT/tokenizer_config.json and OUT/special_tokens_map.json.  Load it with
+`keras_hub.models.BertBackbone.from_preset(OUT)` or
+`transformers.BertForPreTraining.from_pretrained(OUT)`.
+
+From Python: `train.export_saved_model(model_dir, output_dir)`,
+`train.export_google_checkpoint(model_dir, output_dir)` and
+`train.export_huggingface(model_dir, output_dir)`.
 """
 
 import contextlib
@@ -28,23 +39,30 @@ import json
 import os
 import sys
 
-from absl import app
-from absl import flags
-import keras
-import numpy as np
-import tensorflow as tf
+from train import logs
 
-from train import checkpoints
-from train import hub_module
-from train import modeling
-from train.errors import InputError
-from train.hub_module import EncoderLayer, load_encoder_layer
+if __name__ == "__main__":
+    # Before TensorFlow loads: its C++ log level is read then.
+    logs.quiet_tensorflow()
 
-__all__ = ["EncoderLayer", "export_google_checkpoint", "export_saved_model",
-           "load_encoder_layer", "load_run"]
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from train import checkpoints  # noqa: E402
+from train import hub_module  # noqa: E402
+from train import huggingface  # noqa: E402
+from train import modeling  # noqa: E402
+from train.errors import InputError  # noqa: E402
+from train.hub_module import EncoderLayer, load_encoder_layer  # noqa: E402
+
+__all__ = ["EncoderLayer", "export_google_checkpoint", "export_huggingface",
+           "export_saved_model", "load_encoder_layer", "load_run"]
 
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
-FORMATS = ("saved_model", "google")
+FORMATS = ("saved_model", "google", "huggingface")
 
 
 @dataclasses.dataclass
@@ -215,9 +233,23 @@ def write_google_checkpoint(values, prefix):
                 session, prefix, write_meta_graph=False, write_state=False)
 
 
+def huggingface_values(model):
+    """{transformers name: float32 array} of a BertPretrainer's weights, in
+    transformers' layouts (dense weights [out, in])."""
+    values = {}
+    for name, (variable, transposed) in huggingface.variable_names(
+            checkpoints.google_variable_names(model)).items():
+        value = np.asarray(variable.numpy(), dtype=np.float32)
+        values[name] = value.T if transposed else value
+    return values
+
+
 def _export(run, output_dir, fmt):
     _clear(output_dir)
-    if fmt == "google":
+    if fmt == "huggingface":
+        huggingface.write(output_dir, huggingface_values(run.model),
+                          run.bert_config, run.vocab_file, run.do_lower_case)
+    elif fmt == "google":
         write_google_checkpoint(google_checkpoint_values(run.model),
                                 os.path.join(output_dir, GOOGLE_CHECKPOINT))
         _copy_run_files(run, output_dir)
@@ -232,12 +264,17 @@ def _export(run, output_dir, fmt):
 def export(model_dir, output_dir, fmt="saved_model", checkpoint=None,
            overwrite=False, require_vocab=True):
     """Exports a checkpoint of `model_dir` to `output_dir` in `fmt`
-    ("saved_model" or "google"); every check passes before a file is
-    written.  Returns output_dir."""
+    ("saved_model", "google" or "huggingface"); every check passes before
+    a file is written.  Returns output_dir."""
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {list(FORMATS)}, got "
                          f"{fmt!r}")
     _check_output_dir(output_dir, model_dir, overwrite)
+    if fmt == "huggingface":
+        try:
+            huggingface.check_available()
+        except ValueError as error:
+            raise InputError(str(error)) from None
     run = load_run(model_dir, checkpoint, require_vocab)
     return _export(run, output_dir, fmt)
 
@@ -259,12 +296,22 @@ def export_google_checkpoint(model_dir, output_dir, checkpoint=None,
     return export(model_dir, output_dir, "google", checkpoint, overwrite)
 
 
+def export_huggingface(model_dir, output_dir, checkpoint=None,
+                       overwrite=False):
+    """A run's checkpoint as a Hugging Face folder (config.json,
+    model.safetensors, tokenizer files) for transformers and KerasHub."""
+    return export(model_dir, output_dir, "huggingface", checkpoint,
+                  overwrite)
+
+
 def define_flags():
     flags.DEFINE_string("model_dir", None, "Directory of a train.pretrain "
                         "run (checkpoints, bert_config.json, vocab.txt).")
     flags.DEFINE_enum("format", "saved_model", list(FORMATS),
                       "saved_model: the encoder with TF Hub's text-encoder "
-                      "API; google: Google BERT's checkpoint folder.")
+                      "API; google: Google BERT's checkpoint folder; "
+                      "huggingface: config.json, model.safetensors and "
+                      "tokenizer files for transformers and KerasHub.")
     flags.DEFINE_string("output_dir", None, "Where to write the export; "
                         "must be empty or absent unless --overwrite.")
     flags.DEFINE_string("checkpoint", None, "A checkpoint prefix to export "

@@ -33,6 +33,8 @@ import math
 import keras
 import tensorflow as tf
 
+from train import huggingface
+
 # (layers, hidden size, attention heads); the intermediate size is 4x hidden.
 # tiny..medium are the compact models of Turc et al. (2019).
 MODEL_SIZES = {
@@ -73,8 +75,12 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, values, source="the BERT config"):
+        """From Google's bert_config.json keys, or from transformers'
+        config.json of a BERT (`model_type: bert`, see train/huggingface)."""
         if not isinstance(values, dict):
             raise ValueError(f"{source} must hold a JSON object")
+        if "model_type" in values:
+            values = huggingface.bert_config_values(values, source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

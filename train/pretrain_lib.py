@@ -338,6 +338,10 @@ def run_pretraining(config, strategy=None, record_files=None,
     chief = trainer_lib.is_chief(strategy)
     work_dir = (config.model_dir if chief
                 else tempfile.mkdtemp(prefix="worker_"))
+    # The run's precision is Keras' global policy while it builds its
+    # model; the caller's is given back when it returns (the model keeps
+    # the policy it was built with).
+    caller_policy = keras.mixed_precision.global_policy()
     try:
         phases, vocab_file, bert_config = _write_run_files(
             config, checked, chief, work_dir, record_files)
@@ -374,5 +378,6 @@ def run_pretraining(config, strategy=None, record_files=None,
         return result(step, log.history, controller.examples_seen / max(
             controller.train_seconds, 1e-9), eval_metrics, config.export_path)
     finally:
+        keras.mixed_precision.set_global_policy(caller_policy)
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
