@@ -245,6 +245,14 @@ def test_older_layer_norm_names_and_decoder_bias_read(run, tmp_path):
     for a, b in zip(model.weights, run["model"].weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
+    half = {name: value.astype(np.float16) for name, value in values.items()}
+    safetensors.numpy.save_file(half, path, metadata={"format": "pt"})
+    checkpoints.init_from_checkpoint(model, old)
+    for a, b in zip(model.weights, run["model"].weights):
+        assert a.dtype == "float32"
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3,
+                                   atol=1e-4)
+
 
 def test_mixed_precision_run_exports_float32(run, tmp_path):
     model_dir = str(tmp_path / "bf16")
@@ -338,3 +346,28 @@ def test_keras_hub_classifier_fine_tunes(run):
     for variable, value in zip(backbone, before):
         assert not np.array_equal(keras.ops.convert_to_numpy(variable),
                                   value), variable.path
+
+
+@needs_keras_hub
+def test_keras_hub_classifier_with_its_preprocessor_reads_text(run):
+    """The README's recipe: the preset's own preprocessor (our vocab.txt,
+    lower-casing) turns strings into the backbone's inputs."""
+    import keras_hub
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        run["hf"], sequence_length=SEQ)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(
+        run["hf"], num_classes=2, preprocessor=preprocessor)
+    texts = np.array(["the first sentence of a document",
+                      "Another, quite different SENTENCE."] * 4)
+    labels = np.array([0, 1] * 4)
+    history = classifier.fit(texts, labels, batch_size=8, epochs=2,
+                             verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    assert classifier.predict(texts[:2], verbose=0).shape == (2, 2)
+    features = classifier.preprocessor(texts[:1])
+    ids = keras.ops.convert_to_numpy(features["token_ids"])[0]
+    vocab = tokenization.read_vocab(run["vocab"])
+    ours = tokenization.BertTokenizer(vocab, lower_case=True)
+    words = [i for word in ours.tokenize(str(texts[0])) for i in word]
+    cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+    assert ids[:len(words) + 2].tolist() == [cls_id] + words + [sep_id]
