@@ -2,6 +2,7 @@
 and the learning-rate schedule of the train package."""
 
 import collections
+import re
 
 import numpy as np
 import pytest
@@ -179,3 +180,26 @@ def test_schedule_warmup_decay_and_phase2():
     assert rate(119) == pytest.approx(0.025)
     rates = [rate(u) for u in range(10, 100)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_made_examples_are_counted_in_numbers(tmp_path, capsys):
+    """The line after making examples gives numbers, one per phase, not a
+    Python list ("-> [1637] examples")."""
+    from train import data
+    from train.config import PretrainConfig
+    text = _testing.write_small_corpus(str(tmp_path / "text.txt"), 60)
+    for changes, wanted in (
+            ({}, r"documents -> \d+ examples, vocabulary"),
+            (dict(num_train_steps=2, phase2_steps=1,
+                  phase2_max_seq_length=48, phase2_max_predictions_per_seq=6),
+             r"documents -> \d+ examples \(phase 1\), \d+ \(phase 2\), "
+             r"vocabulary")):
+        config = PretrainConfig(
+            input_file=text, max_seq_length=32, max_predictions_per_seq=5,
+            vocab_size=300, dupe_factor=1, **changes)
+        data.prepare_examples(str(tmp_path / f"data{len(changes)}"),
+                              data.find_source(config), config.phases(),
+                              config, None)
+        out = capsys.readouterr().out
+        assert re.search(wanted, out), out
+        assert "[" not in out.splitlines()[-1], out

@@ -49,6 +49,9 @@ def _data(records, files=None):
     (["--loss_scale_factor=8", "--mixed_precision=mixed_float16"],
      "contradict"),
     (["--ema_overwrite_frequency=2"], "needs --use_ema"),
+    (["--learning_rate=-1e-3"], r"^--learning_rate must be > 0, got -0.001$"),
+    (["--num_train_steps=4", "--phase2_steps=2", "--phase2_learning_rate=0"],
+     r"^--phase2_learning_rate must be > 0, got 0.0$"),
 ])
 def test_contradictory_or_impossible_flags(args, match, tmp_path):
     _fails(SMALL + args, match, tmp_path)

@@ -100,3 +100,18 @@ def test_only_info_lines_are_dropped():
     assert logs.drop_info_lines(no_driver + text) == (
         "W0000 00:00:1795992834.178900   17243 dataset.cc:997] a warning\n"
         "Our own line\n")
+
+
+def test_the_summary_of_one_interval_gives_one_value(capsys):
+    """"MLM loss 7.331 (step 20) -> 7.331 (step 20)" with one log
+    interval: one value then, first -> last with more."""
+    from train import pretrain_lib
+    record = {"step": 20, "mlm_loss": 7.3312, "mlm_accuracy": 0.0412}
+    pretrain_lib._print_summary([record])
+    assert capsys.readouterr().out == (
+        "MLM loss 7.331, MLM accuracy 0.041 (step 20)\n")
+    later = {"step": 40, "mlm_loss": 6.5, "mlm_accuracy": 0.1}
+    pretrain_lib._print_summary([record, later])
+    assert capsys.readouterr().out == (
+        "MLM loss 7.331 (step 20) -> 6.500 (step 40); MLM accuracy "
+        "0.041 -> 0.100\n")

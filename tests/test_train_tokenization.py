@@ -186,3 +186,13 @@ def test_learnt_vocabulary_reaches_the_target_and_ties_by_age():
     tokens = learn_vocab([["aaaa"] * 3], 100)
     assert tokens[len(SPECIAL_TOKENS):] == ["a", "##a", "##aa", "aaa",
                                             "aaaa"]
+
+
+def test_a_missing_vocab_file_is_named_once(tmp_path):
+    missing = str(tmp_path / "no_such_vocab.txt")
+    with pytest.raises(ValueError) as error:
+        read_vocab(missing)
+    message = str(error.value)
+    assert message == (f"Cannot read vocab file {missing}: No such file or "
+                       f"directory")
+    assert message.count(missing) == 1

@@ -336,9 +336,10 @@ def _check_schedule(c):
                          "--phase2_max_seq_length tokens)")
     if c.phase2_train_files and not c.train_files:
         raise InputError("--phase2_train_files needs --train_files")
-    if c.learning_rate <= 0 or (c.phase2_learning_rate is not None
-                                and c.phase2_learning_rate <= 0):
-        raise InputError("Learning rates must be > 0")
+    for name in ("learning_rate", "phase2_learning_rate"):
+        rate = getattr(c, name)
+        if rate is not None and not rate > 0:
+            raise InputError(f"--{name} must be > 0, got {rate}")
     if c.end_learning_rate < 0 or c.end_learning_rate > c.learning_rate:
         raise InputError(f"--end_learning_rate must be in [0, "
                          f"learning_rate], got {c.end_learning_rate}")

@@ -181,7 +181,16 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
         result.append(phase.with_files([name]))
         counts.append(len(instances))
     examples.write_metadata(meta_path, key=key, examples=counts)
-    print(f"  {len(documents)} documents -> {counts} examples, vocabulary "
-          f"of {len(tokens)} tokens ({time.time() - started:.0f}s)",
-          flush=True)
+    print(f"  {len(documents)} documents -> {_counts_text(counts)}, "
+          f"vocabulary of {len(tokens)} tokens "
+          f"({time.time() - started:.0f}s)", flush=True)
     return result, vocab_file
+
+
+def _counts_text(counts):
+    """'1637 examples', or per phase '1637 examples (phase 1), 402 (phase
+    2)': numbers, not a Python list."""
+    if len(counts) == 1:
+        return f"{counts[0]} examples"
+    return ", ".join(f"{n}{' examples' if i == 0 else ''} (phase {i + 1})"
+                     for i, n in enumerate(counts))

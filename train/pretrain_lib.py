@@ -243,12 +243,20 @@ def _print_start(config, trainer, start_step):
 
 
 def _print_summary(history):
-    if history:
-        first, last = history[0], history[-1]
-        print(f"MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> "
-              f"{last['mlm_loss']:.3f} (step {last['step']}); MLM accuracy "
-              f"{first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}",
+    """The MLM loss and accuracy of the first and last log intervals; one
+    value each when there was only one interval."""
+    if not history:
+        return
+    first, last = history[0], history[-1]
+    if len(history) == 1:
+        print(f"MLM loss {last['mlm_loss']:.3f}, MLM accuracy "
+              f"{last['mlm_accuracy']:.3f} (step {last['step']})",
               flush=True)
+        return
+    print(f"MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> "
+          f"{last['mlm_loss']:.3f} (step {last['step']}); MLM accuracy "
+          f"{first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}",
+          flush=True)
 
 
 def _result(step, history, examples_per_second, eval_metrics, export_dir,

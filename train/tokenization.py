@@ -249,7 +249,18 @@ def _read_bytes(path, kind):
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     except tf.errors.OpError as error:
-        raise ValueError(f"Cannot read {kind}{path}: {error}") from None
+        raise ValueError(
+            f"Cannot read {kind}{path}: {_reason(error, path)}") from None
+
+
+def _reason(error, path):
+    """TensorFlow's message for a file, without the path it starts with
+    ("<path>; No such file or directory"): the caller names the file."""
+    message = (error.message or str(error)).strip()
+    prefix = f"{path};"
+    if message.startswith(prefix):
+        return message[len(prefix):].strip()
+    return message
 
 
 def write_vocab(vocab, path):
