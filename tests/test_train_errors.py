@@ -61,12 +61,17 @@ def test_sequences_longer_than_the_positions_write_nothing(tmp_path):
     """Without --vocab_file or --bert_config_file (the vocabulary is still to
     be learnt), in either phase: the model's max_position_embeddings (512)
     is checked before anything is written."""
-    for args in (["--max_seq_length=1024", "--max_predictions_per_seq=5"],
-                 ["--phase2_steps=1", "--phase2_max_seq_length=600"]):
+    for args, flag in (
+            (["--max_seq_length=1024", "--max_predictions_per_seq=5"],
+             "--max_seq_length=1024"),
+            (["--phase2_steps=1", "--phase2_max_seq_length=600"],
+             "--phase2_max_seq_length=600")):
         merged = {a.split("=")[0]: a for a in SMALL}
         merged.update({a.split("=")[0]: a for a in args})
         _fails(list(merged.values()),
-               "exceed the model's max_position_embeddings=512", tmp_path)
+               f"^{flag}: sequences of .* exceed the model's "
+               f"max_position_embeddings=512 \\(of --model_size=tiny\\)$",
+               tmp_path)
 
 
 def test_unreachable_tpu(tmp_path):
@@ -209,3 +214,66 @@ def test_text_too_short_for_a_sentence_pair(tmp_path):
     _fails(SMALL + [f"--input_file={text}"], "holds one sentence", tmp_path)
     _fails(SMALL + [f"--input_file={tmp_path}/missing*.txt"],
            "No input file matches", tmp_path)
+
+
+def _stamps(directory):
+    """Every file under `directory` with its modification time."""
+    return {os.path.join(d, n): os.path.getmtime(os.path.join(d, n))
+            for d, _, names in os.walk(directory) for n in names}
+
+
+@pytest.fixture(scope="module")
+def short_model_run(records, tmp_path_factory):
+    """A --model_dir holding a checkpoint of a BERT with 64 positions
+    (from --bert_config_file) trained on 32-token records."""
+    root = tmp_path_factory.mktemp("short_model")
+    config = root / "bert_config.json"
+    with open(records["vocab"]) as fh:
+        vocab_size = len(fh.read().splitlines())
+    config.write_text(json.dumps(dict(_testing.SMALL_BERT_CONFIG,
+                                      vocab_size=vocab_size)))
+    model_dir = str(root / "run")
+    args = SMALL + _data(records) + [f"--bert_config_file={config}",
+                                     f"--model_dir={model_dir}",
+                                     "--export_dir=none"]
+    _testing.run_flags(args)
+    return {"model_dir": model_dir, "args": args, "config": str(config)}
+
+
+@pytest.mark.parametrize("length", [128, 1024])
+def test_eval_longer_than_the_positions_writes_nothing(
+        records, short_model_run, length):
+    """--mode=eval of a --model_dir's checkpoint takes the model from its
+    bert_config.json: a length beyond its 64 positions (or beyond the 512
+    of the default model) is refused naming the 64, before anything is
+    written."""
+    model_dir = short_model_run["model_dir"]
+    before = _stamps(model_dir)
+    with pytest.raises(InputError, match=(
+            rf"^--max_seq_length={length}: sequences of {length} tokens "
+            rf"exceed the model's max_position_embeddings=64 ")):
+        _testing.run_flags([
+            "--mode=eval", f"--eval_files={records['files'][0]}",
+            f"--model_dir={model_dir}", f"--max_seq_length={length}",
+            "--max_predictions_per_seq=5"])
+    assert _stamps(model_dir) == before
+
+
+def test_resume_longer_than_the_positions_is_one_line(records,
+                                                      short_model_run):
+    """The command line, resuming a --model_dir with a checkpoint at a
+    length beyond the model's positions: one `Error:` line, status 1,
+    nothing written (it used to be an 80-line traceback, files written)."""
+    model_dir = short_model_run["model_dir"]
+    before = _stamps(model_dir)
+    for length in (128, 1024):
+        result = _testing.run(["-m", "train.pretrain"]
+                              + short_model_run["args"]
+                              + [f"--max_seq_length={length}"], timeout=300)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines() == [
+            f"Error: --max_seq_length={length}: sequences of {length} "
+            f"tokens exceed the model's max_position_embeddings=64 (of "
+            f"{short_model_run['config']})"], (
+            result.stderr[-3000:])
+        assert _stamps(model_dir) == before

@@ -5,6 +5,7 @@ config (from --bert_config_file, or --model_size and the vocabulary) and
 whether a checkpoint already in --model_dir is of the same model.
 """
 
+import dataclasses
 import json
 import os
 
@@ -15,23 +16,27 @@ from train import tokenization
 from train.errors import InputError
 
 
-def resolve_model(config, phases):
+def resolve_model(config, phases, saved=None):
     """(BertConfig or None if it waits for a learnt vocabulary, vocab tokens
-    or None)."""
+    or None). Every sequence length is checked against the model's
+    positions: those of the flags' model, else of `saved` (a `ModelConfig`
+    of the checkpoint in --model_dir), else of --model_size's BERT."""
     tokens = None
     if config.vocab_file:
         try:
             tokens = tokenization.read_vocab(config.vocab_file)
         except ValueError as error:
             raise InputError(str(error)) from None
-    bert_config = None
+    bert_config, source = None, None
     try:
         if config.bert_config_file:
             bert_config = modeling.BertConfig.from_json_file(
                 config.bert_config_file)
+            source = config.bert_config_file
         elif tokens is not None:
             bert_config = modeling.BertConfig.for_size(
                 config.model_size_name, len(tokens))
+            source = f"--model_size={config.model_size_name}"
     except ValueError as error:
         raise InputError(str(error)) from None
     if bert_config is not None and tokens is not None and (
@@ -43,26 +48,52 @@ def resolve_model(config, phases):
     if config.train_files and bert_config is None:
         raise InputError("--train_files needs --vocab_file or "
                          "--bert_config_file (to know the vocabulary size)")
-    check_lengths(config, phases, bert_config)
+    if bert_config is not None:
+        check_lengths(config, phases, ModelConfig(bert_config, source))
+    else:
+        check_lengths(config, phases, saved or ModelConfig(
+            modeling.BertConfig.for_size(config.model_size_name, 1),
+            f"--model_size={config.model_size_name}"))
     return bert_config, tokens
 
 
-def check_lengths(config, phases, bert_config):
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A model's BertConfig and where it was read from (for messages)."""
+
+    bert_config: modeling.BertConfig
+    source: str
+
+
+def check_lengths(config, phases, model):
     """Every sequence length the run uses (each phase's; --max_seq_length
-    when it evaluates) fits the model's position embeddings: those of
-    `bert_config`, or of --model_size's BERT while the vocabulary is still
-    to be learnt."""
-    if bert_config is None:
-        bert_config = modeling.BertConfig.for_size(config.model_size_name, 1)
-    lengths = [p.seq_length for p in phases]
+    when it evaluates) fits the position embeddings of `model` (a
+    ModelConfig); InputError naming the flag otherwise."""
+    lengths = [(p.seq_length, "--max_seq_length" if i == 0
+                else "--phase2_max_seq_length")
+               for i, p in enumerate(phases)]
     if config.evaluates:
-        lengths.append(config.max_seq_length)
-    longest = max(lengths)
-    if longest > bert_config.max_position_embeddings:
+        lengths.append((config.max_seq_length, "--max_seq_length"))
+    longest, flag = max(lengths)
+    positions = model.bert_config.max_position_embeddings
+    if longest > positions:
         raise InputError(
-            f"Sequences of {longest} tokens exceed the model's "
-            f"max_position_embeddings="
-            f"{bert_config.max_position_embeddings}")
+            f"{flag}={longest}: sequences of {longest} tokens exceed the "
+            f"model's max_position_embeddings={positions} (of "
+            f"{model.source})")
+
+
+def saved_model_config(model_dir):
+    """The ModelConfig of the bert_config.json of a run in `model_dir`, or
+    None when it has none; InputError when it is not a BERT config."""
+    values = saved_bert_config(model_dir)
+    if values is None:
+        return None
+    path = os.path.join(model_dir, "bert_config.json")
+    try:
+        return ModelConfig(modeling.BertConfig.from_dict(values, path), path)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def saved_bert_config(model_dir):

@@ -105,18 +105,15 @@ def _check(config, strategy):
         raise InputError(
             f"--eval_batch_size={config.eval_batch_size} is not divisible "
             f"by the {strategy.num_replicas_in_sync} replica(s)")
-    bert_config, _ = model_setup.resolve_model(config, phases)
     listed = run_checkpoints.listed_checkpoints(config.model_dir)
     latest = listed[0] if listed else None
-    if bert_config is None and config.mode == "eval" and latest:
-        saved = model_setup.saved_bert_config(config.model_dir)
-        if saved is not None:
-            try:
-                bert_config = modeling.BertConfig.from_dict(
-                    saved, f"{config.model_dir}/bert_config.json")
-            except ValueError as error:
-                raise InputError(str(error)) from None
-            model_setup.check_lengths(config, phases, bert_config)
+    # The checkpoint's own model: what --mode=eval evaluates, and what the
+    # lengths are checked against when no flag names the model.
+    saved = (model_setup.saved_model_config(config.model_dir) if latest
+             else None)
+    bert_config, _ = model_setup.resolve_model(config, phases, saved)
+    if bert_config is None and config.mode == "eval" and saved:
+        bert_config = saved.bert_config
     if config.evaluates and bert_config is None:
         raise InputError(
             "--eval_files needs the model's vocabulary: --vocab_file or "
