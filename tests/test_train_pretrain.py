@@ -298,6 +298,75 @@ def test_flags_to_config():
     assert given.effective_warmup_steps == 5
 
 
+
+def _replayed(argv, tmp_path):
+    """The config that --flagfile=<the flags.txt of `argv`'s run> gives,
+    and that file's text."""
+    config = train_flags.config_from_flags(_testing.parse_flags(argv))
+    text = train_flags.flags_file(config, _testing.parse_flags(argv))
+    path = tmp_path / "flags.txt"
+    path.write_text(text)
+    return train_flags.config_from_flags(
+        _testing.parse_flags([f"--flagfile={path}"])), config, text
+
+
+@pytest.mark.parametrize("argv", [
+    ["--num_train_steps=30"],
+    ["--num_train_steps=30", "--warmup_steps=7", "--clipnorm=0.5",
+     "--nodo_lower_case", "--exclude_from_layer_adaptation=",
+     "--train_files=a.tfrecord,b.tfrecord", "--vocab_file=v.txt"],
+    ["--bert_config_file=c.json", "--global_clipnorm=0",
+     "--phase2_steps=100", "--phase2_learning_rate=1e-3"],
+])
+def test_flags_file_replays_the_settings(argv, tmp_path):
+    """flags.txt holds the values the run used (the resolved warmup), only
+    this program's flags, and reads back as the same settings."""
+    replayed, config, text = _replayed(argv, tmp_path)
+    fields = {f.name for f in dataclasses.fields(ConfigClass)}
+    names = [re.match(r"^--(?:no)?(\w+)", line).group(1)
+             for line in text.splitlines()]
+    assert set(names) <= fields | {"no" + f for f in fields}, text
+    for absl_flag in ("test_tmpdir", "stderrthreshold", "verbosity",
+                      "logtostderr", "flagfile"):
+        assert f"--{absl_flag}" not in text
+    assert replayed.effective_warmup_steps == config.effective_warmup_steps
+    assert f"--warmup_steps={config.effective_warmup_steps}\n" in text
+    assert replayed.lamb_arguments() == config.lamb_arguments()
+    assert replayed.phases() == config.phases()
+    unresolved = ("warmup_steps", "model_size", "global_clipnorm")
+    for field in fields - set(unresolved):
+        assert getattr(replayed, field) == getattr(config, field), field
+    assert replayed.model_size_name == config.model_size_name
+    assert train_flags.flags_file(replayed, _testing.parse_flags([])) == text
+
+
+def test_flags_txt_replays_the_run(records, tmp_path):
+    """A 20-update run without --warmup_steps warms up for 2 updates (10%);
+    its flags.txt used to say --warmup_steps=50, which the replay refused.
+    Now `--flagfile=RUN/flags.txt --model_dir=OTHER` runs the same
+    updates."""
+    run_dir, other_dir = tmp_path / "run", tmp_path / "other"
+    first = _testing.run(
+        ["-m", "train.pretrain", f"--model_dir={run_dir}"] + [
+            a for a in SMALL if not a.startswith("--warmup_steps")]
+        + _data_args(records) + [
+            "--num_train_steps=20", "--log_steps=5", "--export_dir=none",
+            "--save_checkpoints_steps=20"], timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    text = (run_dir / "flags.txt").read_text()
+    assert "--warmup_steps=2\n" in text
+    assert "test_tmpdir" not in text and "stderrthreshold" not in text
+    again = _testing.run(["-m", "train.pretrain",
+                          f"--flagfile={run_dir / 'flags.txt'}",
+                          f"--model_dir={other_dir}"], timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (other_dir / "flags.txt").read_text() == text.replace(
+        f"--model_dir={run_dir}", f"--model_dir={other_dir}")
+    step_lines = re.compile(r"^step .*?(?=  examples/s)", re.M)
+    assert step_lines.findall(again.stdout) == step_lines.findall(
+        first.stdout)
+    assert len(step_lines.findall(first.stdout)) == 4
+
 def test_one_update_cli_run_without_a_warmup_flag(tmp_path):
     """`--num_train_steps=1` alone used to stop at the default warmup."""
     result = _testing.run(

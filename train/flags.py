@@ -309,3 +309,42 @@ def config_from_flags(values):
             value = tuple(value)
         settings[field.name] = value
     return config_lib.PretrainConfig(**settings)
+
+
+def flags_file(config, values):
+    """The text of a run's flags.txt: one line per setting of `config`
+    with the value the run used, so that `--flagfile=flags.txt` replays it.
+
+    Settings resolved from others are written as resolved (a warmup of 10%
+    of a short run is its number of updates, not the 50 a flag's help
+    shows), and only this program's flags appear: absl's own
+    (--verbosity, --test_tmpdir, ...) describe no run. `values` (absl's
+    FLAGS) gives each flag's serializer.
+    """
+    lines = []
+    for field in dataclasses.fields(config_lib.PretrainConfig):
+        value = _used_value(config, field.name)
+        if value is None:
+            continue
+        flag = values[field.name]
+        if flag.boolean:
+            lines.append(f"--{flag.name}" if value else f"--no{flag.name}")
+        else:
+            if isinstance(value, tuple):
+                value = list(value)
+            lines.append(f"--{flag.name}={flag.serializer.serialize(value)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _used_value(config, name):
+    """The value of setting `name` the run used (None: no flag says it)."""
+    if name == "warmup_steps":
+        return config.effective_warmup_steps
+    if name == "model_size":
+        # --bert_config_file names the model instead (giving both is an
+        # error).
+        return None if config.bert_config_file else config.model_size_name
+    if name == "global_clipnorm" and config.global_clipnorm is None:
+        # None with --clipnorm or --clipvalue, which replay the same.
+        return config.effective_global_clipnorm
+    return getattr(config, name)

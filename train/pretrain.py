@@ -72,9 +72,9 @@ from train.pretrain_lib import run_pretraining  # noqa: E402
 def run_from_flags(flag_values):
     """Runs the job parsed flags describe, as `main` does; returns
     run_pretraining's metrics (InputError for bad flags or data)."""
-    return run_pretraining(
-        train_flags.config_from_flags(flag_values),
-        record_files={"flags.txt": flag_values.flags_into_string()})
+    config = train_flags.config_from_flags(flag_values)
+    return run_pretraining(config, record_files={
+        "flags.txt": train_flags.flags_file(config, flag_values)})
 
 
 def main(argv):
