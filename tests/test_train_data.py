@@ -203,3 +203,22 @@ def test_made_examples_are_counted_in_numbers(tmp_path, capsys):
         out = capsys.readouterr().out
         assert re.search(wanted, out), out
         assert "[" not in out.splitlines()[-1], out
+
+
+
+def test_schedule_change_warning():
+    """What a resumed run says when its flags give another schedule than
+    its checkpoint's; nothing when only the accumulation differs."""
+    old = schedule.PretrainingSchedule(1e-2, phase1_steps=20,
+                                       warmup_steps=2)
+    same = schedule.PretrainingSchedule(1e-2, phase1_steps=20,
+                                        warmup_steps=2, accumulation_steps=4)
+    assert schedule.change_warning(old.get_config(), same, 10) is None
+    longer = schedule.PretrainingSchedule(1e-2, phase1_steps=40,
+                                          warmup_steps=4)
+    assert schedule.change_warning(old.get_config(), longer, 20) == (
+        "Warning: resuming at update 20 with another learning-rate "
+        "schedule: horizon (--num_train_steps) 20 -> 40 updates; "
+        "--warmup_steps 2 -> 4; the rate jumps from 5.000e-04 (update 20) "
+        "to 5.000e-03 (update 21). The schedule of the new flags is used "
+        "from here on")

@@ -181,6 +181,34 @@ def test_resume_after_kill_equals_uninterrupted(records, tmp_path):
                                    err_msg=name)
 
 
+
+def test_resume_with_more_updates_warns_of_the_schedule_change(
+        records, tmp_path, capsys):
+    """A run of 4 updates resumed with --num_train_steps=8 goes on with the
+    schedule of 8 updates (docs/pretraining.md), and says in one line that
+    its horizon changed and the rate jumps: 2.5e-3 at update 4 (1e-2 *
+    (1 - 3/4)) to 5e-3 at update 5 (1e-2 * (1 - 4/8))."""
+    model_dir = tmp_path / "run"
+    _run(records, model_dir, num_train_steps=4, log_steps=1,
+         export_dir="none")
+    first = capsys.readouterr().out
+    assert "Warning" not in first
+    result = _run(records, model_dir, num_train_steps=8, log_steps=1,
+                  export_dir="none")
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if "schedule" in line]
+    assert warnings == [
+        "Warning: resuming at update 4 with another learning-rate schedule: "
+        "horizon (--num_train_steps) 4 -> 8 updates; the rate jumps from "
+        "2.500e-03 (update 4) to 5.000e-03 (update 5). The schedule of the "
+        "new flags is used from here on"], out
+    assert result["start_step"] == 4
+    rates = [h["learning_rate"] for h in result["history"]]
+    assert rates[0] == pytest.approx(5e-3)
+    assert rates[-1] == pytest.approx(1.25e-3)
+    with open(model_dir / "schedule.json") as fh:
+        assert json.load(fh)["phase1_steps"] == 8
+
 def test_two_phases_with_gradient_accumulation(records, tmp_path):
     result = _run(records, tmp_path / "run", num_train_steps=4,
                   phase2_steps=2, phase2_max_seq_length=64,

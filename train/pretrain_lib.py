@@ -21,6 +21,7 @@ evaluation) at their intervals, and handles preemption and divergence
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from train import input_pipeline
 from train import model_setup
 from train import modeling
 from train import run_checkpoints
+from train import schedule
 from train import tokenization
 from train import trainer as trainer_lib
 from train.controller import Controller
@@ -77,6 +79,8 @@ class _Checked:
     source: object  # data.TextSource, or None with --train_files
     eval_files: tuple
     latest: object  # the newest checkpoint in --model_dir, or None
+    # The schedule the checkpoint was trained with (get_config()), or None.
+    saved_schedule: object = None
 
 
 def _check_init_checkpoint(config, bert_config, resuming):
@@ -141,7 +145,43 @@ def _check(config, strategy):
     model_setup.check_model_dir(config, bert_config)
     _check_init_checkpoint(config, bert_config, resuming=bool(latest))
     return _Checked(phases=phases, bert_config=bert_config, source=source,
-                    eval_files=eval_files, latest=latest)
+                    eval_files=eval_files, latest=latest,
+                    saved_schedule=_saved_schedule(config.model_dir)
+                    if latest else None)
+
+
+# In --model_dir: the learning-rate schedule of the run that wrote it, so
+# that a resumed run can tell when its flags give another one.
+SCHEDULE_FILE = "schedule.json"
+
+
+def _saved_schedule(model_dir):
+    """The schedule.json of a run in `model_dir` as a dict, or None (a run
+    of an earlier version wrote none; it only serves a warning)."""
+    path = os.path.join(model_dir, SCHEDULE_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as fh:
+            return json.load(fh)
+    except (ValueError, tf.errors.OpError):
+        return None
+
+
+def _warn_if_schedule_changed(config, checked, trainer, start_step):
+    """A resumed run goes on with the schedule of its own flags (see
+    docs/pretraining.md); when that is not the one its checkpoint was
+    trained with, the rate jumps, and the chief says so once."""
+    if not (config.trains and checked.saved_schedule) or (
+            not 0 < start_step < config.num_train_steps):
+        return
+    try:
+        warning = schedule.change_warning(checked.saved_schedule,
+                                          trainer.schedule, start_step)
+    except (TypeError, ValueError):  # a schedule.json of another version
+        return
+    if warning:
+        print(warning, flush=True)
 
 
 @contextlib.contextmanager
@@ -177,6 +217,8 @@ def _write_run_files(config, checked, chief, work_dir, record_files):
         return phases, vocab_file, bert_config
     files = dict(record_files or {})
     files["bert_config.json"] = bert_config.to_json_string()
+    files[SCHEDULE_FILE] = json.dumps(trainer_lib.make_schedule(
+        config, phases).get_config(), indent=2) + "\n"
     for name, text in files.items():
         with tf.io.gfile.GFile(os.path.join(model_dir, name), "w") as fh:
             fh.write(text)
@@ -358,6 +400,8 @@ def run_pretraining(config, strategy=None, record_files=None,
             else os.path.join(work_dir, "checkpoints"),
             config.keep_checkpoint_max)
         start_step = _restore_or_initialise(config, trainer, saved)
+        if chief:
+            _warn_if_schedule_changed(config, checked, trainer, start_step)
         evaluate = _evaluation(config, checked, trainer, chief)
         result = functools.partial(
             _result, start_step=start_step, vocab_file=vocab_file,

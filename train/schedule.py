@@ -118,3 +118,43 @@ class PretrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "phase2_warmup_steps": self.phase2_warmup_steps,
             "accumulation_steps": self.accumulation_steps,
         }
+
+
+# The flag behind each setting of the schedule, for messages.
+_FLAGS = {
+    "learning_rate": "--learning_rate",
+    "warmup_steps": "--warmup_steps",
+    "end_learning_rate": "--end_learning_rate",
+    "power": "--poly_power",
+    "phase2_steps": "--phase2_steps",
+    "phase2_learning_rate": "--phase2_learning_rate",
+    "phase2_warmup_steps": "--phase2_warmup_steps",
+}
+
+
+def change_warning(old_config, new, step):
+    """The one-line warning for a run resumed at update `step` whose
+    schedule `new` differs from the one its checkpoint was trained with
+    (`old_config`, a PretrainingSchedule's get_config()); None when the
+    rates are the same. The run goes on with `new` (docs/pretraining.md):
+    the rate then jumps, and this says from what to what."""
+    old = PretrainingSchedule(**old_config)
+    changes = []
+    old_total = old.phase1_steps + old.phase2_steps
+    new_total = new.phase1_steps + new.phase2_steps
+    if old_total != new_total:
+        changes.append(f"horizon (--num_train_steps) {old_total} -> "
+                       f"{new_total} updates")
+    now = new.get_config()
+    for key, flag in _FLAGS.items():
+        if old_config.get(key) != now[key]:
+            changes.append(f"{flag} {old_config.get(key)} -> {now[key]}")
+    if not changes:
+        return None
+    before = float(old.rate_at_update(step - 1))
+    after = float(new.rate_at_update(step))
+    return (f"Warning: resuming at update {step} with another learning-rate "
+            f"schedule: {'; '.join(changes)}; the rate jumps from "
+            f"{before:.3e} (update {step}) to {after:.3e} (update "
+            f"{step + 1}). The schedule of the new flags is used from here "
+            f"on")
