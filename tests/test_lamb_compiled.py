@@ -27,7 +27,7 @@ def gradient_stream(steps, seed=1):
 
 def compiler_ir(optimizer, grads, stage):
     """The optimizer's one compiled step at an XLA `stage`."""
-    (program,) = optimizer._programs.values()
+    ((_, program),) = optimizer._programs.values()
     return program.experimental_get_compiler_ir(
         list(grads), tuple(optimizer._hyperparameters()))(stage=stage)
 
@@ -44,7 +44,7 @@ def test_twenty_steps_with_schedule_and_changing_betas_trace_once():
     for step, grads in enumerate(gradient_stream(20)):
         beta_2.assign(0.99 - 0.001 * step)
         optimizer.apply_gradients(zip(grads, ws))
-    (program,) = optimizer._programs.values()
+    ((_, program),) = optimizer._programs.values()
     assert program.experimental_get_tracing_count() == 1
 
 

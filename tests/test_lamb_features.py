@@ -553,3 +553,111 @@ def test_ema_moves_on_accumulation_calls_as_keras_does():
 
     np.testing.assert_allclose(averages(Lamb),
                                averages(keras.optimizers.Lamb), rtol=1e-5)
+
+
+# -- float64, huge gradients, attributes changed between steps -----------------
+
+def test_float64_variables_compute_in_float64(device_kind):
+    """A float64 variable's update is computed in float64: equal to the
+    NumPy reference to float64 rounding (a float32 computation is ~1e-8
+    off), with slots of its dtype; fit trains a float64 model. The
+    learning rate and betas are float32 scalars (Keras' learning-rate
+    variable is float32), so the reference takes them rounded so."""
+    from tests.references.numpy_lamb import NumpyLamb
+    rng = np.random.default_rng(11)
+    initial = rng.normal(size=(5, 3))
+    w = keras.Variable(initial, dtype="float64")
+    optimizer = Lamb(0.05, weight_decay=0.01)
+    reference = NumpyLamb([initial], weight_decay=[0.01], adapt=[True])
+    for _ in range(3):
+        g = rng.normal(size=(5, 3))
+        optimizer.apply([tf.constant(g, tf.float64)], [w])
+        reference.step([g], *(float(np.float32(x)) for x in (0.05, 0.9,
+                                                             0.999)))
+    assert w.dtype == "float64"
+    assert {v.dtype for v in optimizer._momentums + optimizer._velocities} \
+        == {"float64"}
+    np.testing.assert_allclose(w.numpy(), reference.w[0], rtol=1e-12,
+                               atol=1e-14)
+
+    x, y = regression_data()
+    model = keras.Sequential([keras.Input((8,)),
+                              keras.layers.Dense(8, dtype="float64"),
+                              keras.layers.Dense(1, dtype="float64")])
+    model.compile(Lamb(0.01), "mse")
+    history = model.fit(x.astype(np.float64), y.astype(np.float64),
+                        epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+@pytest.mark.parametrize("clipping", [{}, {"global_clipnorm": 1.0},
+                                      {"clipnorm": 1.0}])
+def test_huge_finite_gradients_are_stepped_not_dropped(clipping,
+                                                       device_kind):
+    """|g| = 1e19 in 8 elements: the float32 sum of squares overflows, but
+    every value is finite, so the step is taken. Without clipping it equals
+    keras Lamb's; with clipping the clipped gradient is g / ||g||, and the
+    step equals the one taken with that gradient given directly."""
+    huge = np.full((2, 4), 1e19, np.float32)
+    huge[0, 1] = -3e18
+    w = keras.Variable(np.ones((2, 4), np.float32))
+    Lamb(0.01, **clipping).apply([tf.constant(huge)], [w])
+    expected = keras.Variable(np.ones((2, 4), np.float32))
+    if clipping:
+        unit = huge.astype(np.float64) / np.linalg.norm(huge.astype(
+            np.float64))
+        Lamb(0.01).apply([tf.constant(unit.astype(np.float32))], [expected])
+    else:
+        keras.optimizers.Lamb(0.01).apply([tf.constant(huge)], [expected])
+    assert not np.array_equal(w.numpy(), np.ones((2, 4)))
+    np.testing.assert_allclose(w.numpy(), expected.numpy(), rtol=1e-6)
+    # An infinite element among them still drops the step.
+    huge[1, 2] = np.inf
+    before = w.numpy().copy()
+    optimizer = Lamb(0.01, **clipping)
+    optimizer.apply([tf.constant(huge)], [w])
+    np.testing.assert_array_equal(w.numpy(), before)
+    assert not optimizer._momentums[0].numpy().any()
+
+
+def test_huge_finite_gradients_with_accumulation(device_kind):
+    """The accumulated mean's second look reads the accumulators."""
+    huge = np.full((4,), 1e19, np.float32)
+    w = keras.Variable(np.ones(4, np.float32))
+    optimizer = Lamb(0.01, global_clipnorm=1.0, gradient_accumulation_steps=2)
+    for _ in range(2):
+        optimizer.apply([tf.constant(huge)], [w])
+    expected = keras.Variable(np.ones(4, np.float32))
+    Lamb(0.01).apply([tf.constant(np.full(4, 0.5, np.float32))], [expected])
+    np.testing.assert_allclose(w.numpy(), expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("attribute, value", [
+    ("epsilon", 1.0), ("weight_decay", 0.5), ("max_trust_ratio", 0.1),
+    ("bias_correction", False)])
+def test_attributes_set_after_the_first_step_take_effect(attribute, value,
+                                                         device_kind):
+    """As in Keras, an attribute set between eager steps applies from the
+    next step: equal to the NumPy reference whose setting changes then."""
+    from tests.references.numpy_lamb import NumpyLamb
+    rng = np.random.default_rng(12)
+    initial = rng.normal(size=(6, 4))
+    w = keras.Variable(initial.astype(np.float32))
+    optimizer = Lamb(0.05, weight_decay=0.01, epsilon=1e-6)
+    reference = NumpyLamb([initial], weight_decay=[0.01], adapt=[True],
+                          epsilon=1e-6)
+    for step in range(3):
+        if step == 1:
+            setattr(optimizer, attribute, value)
+            if attribute == "weight_decay":
+                reference.weight_decay = [value]
+            else:
+                setattr(reference, attribute, value)
+        g = rng.normal(size=(6, 4))
+        optimizer.apply([tf.constant(g.astype(np.float32))], [w])
+        reference.step([g.astype(np.float32).astype(np.float64)], 0.05, 0.9,
+                       0.999)
+    np.testing.assert_allclose(w.numpy(), reference.w[0], rtol=2e-5,
+                               atol=1e-6)
+    # Steps with unchanged attributes reuse the program.
+    assert len(optimizer._programs) == 1

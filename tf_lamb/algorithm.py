@@ -27,7 +27,8 @@ import tensorflow as tf
 
 
 class StepValues(NamedTuple):
-    """The scalars one update uses for every variable (float32 tensors)."""
+    """The scalars one update uses for every variable (float32 tensors, or
+    float64 ones for float64 variables)."""
 
     learning_rate: tf.Tensor
     beta_1: tf.Tensor
@@ -45,7 +46,7 @@ class StepValues(NamedTuple):
             beta_1_power = tf.pow(beta_1, step)
             beta_2_power = tf.pow(beta_2, step)
         else:
-            beta_1_power = beta_2_power = tf.constant(0.0)
+            beta_1_power = beta_2_power = tf.zeros([], step.dtype)
         return cls(learning_rate, beta_1, beta_2, beta_1_power, beta_2_power)
 
 

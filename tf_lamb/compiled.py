@@ -63,6 +63,10 @@ class Settings:
     accumulation_steps: Optional[int] = None
     ema_momentum: Optional[float] = None  # None: no EMA
     ema_overwrite_frequency: Optional[int] = None
+    # The optimizer's weight decay, which each VariableState bakes in (0
+    # for an excluded variable); here so that a new value makes a new
+    # program.
+    weight_decay: Optional[float] = None
 
 
 class VariableState(NamedTuple):
@@ -131,10 +135,14 @@ def norms_as_matvec(device, jit_compile):
             and MATVEC_NORMS_ON_CPU)
 
 
-def update_form(device, jit_compile):
-    """The form of the update for a program on `device` (FORMS); outside
-    XLA, "chained", whose tf.cond skips a non-finite step."""
-    return FORMS[device_kind(device)] if jit_compile else "chained"
+def update_form(device, jit_compile, dtypes=()):
+    """The form of the update for a program on `device` (FORMS) for
+    variables of `dtypes`; outside XLA, "chained", whose tf.cond skips a
+    non-finite step, and so with float64 variables, which the grouped
+    form's float32 stacks would not hold."""
+    if not jit_compile or any(tf.as_dtype(d) == tf.float64 for d in dtypes):
+        return "chained"
+    return FORMS[device_kind(device)]
 
 
 def sums_of_squares(*tensors, use_matvec=True):
@@ -165,6 +173,54 @@ def sums_of_squares(*tensors, use_matvec=True):
                                 tf.ones([columns], rows.dtype))
     return tf.unstack(tf.reduce_sum(
         tf.reshape(row_sums, [-1, len(tensors)]), axis=0))
+
+
+def compute_dtype(dtype):
+    """The dtype LAMB computes a variable's update in: float64 for a
+    float64 variable, float32 otherwise (the state of a float16 or bfloat16
+    variable is float32)."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
+
+
+# A power of two small enough that the sum of squares of any finite
+# tensor of this dtype times it cannot overflow (float32: |x| < 2**128, so
+# (x * 2**-100)**2 < 2**56, and fewer than 2**40 elements sum below
+# 2**96), and large enough that what it rounds to zero (|x| < 2**-49 in
+# float32) cannot matter beside a square too large for the float.
+_OVERFLOW_SAFE_SCALE = {tf.float32: 2.0 ** -100, tf.float64: 2.0 ** -600}
+
+
+def gradient_sums(*tensors, use_matvec=True):
+    """[(sum(x**2), sum((x * s)**2)) for x in tensors], s the dtype's
+    `_OVERFLOW_SAFE_SCALE`, each pair from one pass over x (see
+    sums_of_squares).
+
+    The first is the squared norm, exact unless it overflowed (|x| ~ 1e19
+    in a few float32 elements is enough); the second never overflows, so
+    it is finite exactly when every element is, and gives the norm where
+    the first is inf (`norm`).
+    """
+    pairs = []
+    for x in tensors:
+        scale = tf.constant(_OVERFLOW_SAFE_SCALE[x.dtype], x.dtype)
+        pairs.append(tuple(sums_of_squares(x, x * scale,
+                                           use_matvec=use_matvec)))
+    return pairs
+
+
+def all_finite(scaled_sums):
+    """Whether every element is finite, from `gradient_sums`' second sums
+    (an inf/NaN element makes its sum inf/NaN; a finite one cannot)."""
+    return tf.math.is_finite(tf.add_n(list(scaled_sums)))
+
+
+def norm(squared_sum, scaled_squared_sum):
+    """sqrt(squared_sum), or where that sum overflowed, the norm from the
+    scaled sum (`gradient_sums`)."""
+    scale = _OVERFLOW_SAFE_SCALE[squared_sum.dtype]
+    return tf.where(tf.math.is_inf(squared_sum),
+                    tf.sqrt(scaled_squared_sum) / scale,
+                    tf.sqrt(squared_sum))
 
 
 # -- across replicas and devices ---------------------------------------------
@@ -267,7 +323,7 @@ def step(grads, hyperparameters, state, settings):
             # loop-invariant g**2 out of the loop as a full-size temporary
             # per variable, allocated even when no update runs.
             one = tf.cast(trip, tf.float32) + 1.0
-            means = [tf.cast(m, tf.float32) * one for m in means]
+            means = [m * tf.cast(one, m.dtype) for m in means]
         finite = update(means, hyperparameters, iterations // steps, state,
                         settings)
         update_ema(state.averaged, iterations // steps, finite, settings)
@@ -284,26 +340,36 @@ def update(grads, hyperparameters, update_count, state, settings):
     if settings.form == "grouped":
         return update_grouped(grads, hyperparameters, update_count, state,
                               settings)
-    grads = [tf.cast(g, tf.float32) for g in grads]
-    grad_squared_norms = [
-        sums_of_squares(g, use_matvec=settings.use_matvec)[0] for g in grads]
-    # The global gradient norm is needed for global_clipnorm anyway, and it
-    # is inf/NaN exactly when some gradient is: then the whole step is
-    # dropped, on every replica alike (the gradients are already summed).
-    finite = tf.math.is_finite(tf.add_n(grad_squared_norms))
-    grads = _clipped(grads, grad_squared_norms, settings)
-    values = algorithm.StepValues.at(
-        tf.cast(update_count + 1, tf.float32), *hyperparameters,
+    grads = [tf.cast(g, compute_dtype(v.weight.dtype))
+             for g, v in zip(grads, state.variables)]
+    sums = gradient_sums(*grads, use_matvec=settings.use_matvec)
+    # Decided on the summed gradients: the whole step is dropped, on every
+    # replica alike, or taken.
+    finite = all_finite([tf.cast(scaled, _widest(grads))
+                         for _, scaled in sums])
+    grads = _clipped(grads, sums, settings)
+    # The scalars in each dtype the variables compute in (float64 ones
+    # take their powers in float64; a float32-only program has no float64).
+    values = {dtype: algorithm.StepValues.at(
+        tf.cast(update_count + 1, dtype),
+        *(tf.cast(h, dtype) for h in hyperparameters),
         bias_correction=settings.bias_correction)
+        for dtype in {g.dtype for g in grads}}
 
     def update_variables(finite):
-        ratios = [update_variable(variable, g, values, settings, finite)
+        ratios = [update_variable(variable, g, values[g.dtype], settings,
+                                  finite)
                   for variable, g in zip(state.variables, grads)]
         return tf.stack(ratios)
 
     store_trust_ratios(state, update_variables, finite=finite,
                        jit_compile=settings.jit_compile)
     return finite
+
+
+def _widest(tensors):
+    return (tf.float64 if any(t.dtype == tf.float64 for t in tensors)
+            else tf.float32)
 
 
 def store_trust_ratios(state, update_variables, finite, jit_compile):
@@ -340,7 +406,7 @@ def update_variable(variable, gradient, values, settings, finite):
     checked it already).
     """
     w, m_slot, v_slot = variable.weight, variable.momentum, variable.velocity
-    weight = tf.cast(w.read_value(), tf.float32)
+    weight = tf.cast(w.read_value(), gradient.dtype)
     m_old, v_old = m_slot.read_value(), v_slot.read_value()
     m, v = algorithm.update_moments(gradient, m_old, v_old, values.beta_1,
                                     values.beta_2)
@@ -372,17 +438,27 @@ def update_variable(variable, gradient, values, settings, finite):
         finite, algorithm.apply_update(weight, r, values.learning_rate, ratio),
         weight)
     w.assign(tf.cast(new_weight, w.dtype))
-    return tf.constant(1.0) if ratio is None else ratio
+    return tf.constant(1.0) if ratio is None else tf.cast(ratio, tf.float32)
 
 
-def _clipped(grads, squared_norms, settings):
+def _clipped(grads, sums, settings):
     if settings.clipnorm:
-        return [algorithm.clip_by_global_norm([g], settings.clipnorm,
-                                              tf.sqrt(sq))[0]
-                for g, sq in zip(grads, squared_norms)]
+        return [algorithm.clip_by_global_norm(
+                    [g], tf.cast(settings.clipnorm, g.dtype), norm(*pair))[0]
+                for g, pair in zip(grads, sums)]
     if settings.global_clipnorm:
-        return algorithm.clip_by_global_norm(
-            grads, settings.global_clipnorm, tf.sqrt(tf.add_n(squared_norms)))
+        dtype = _widest(grads)
+        squared, scaled = (tf.add_n([tf.cast(pair[k], dtype)
+                                     for pair in sums]) for k in (0, 1))
+        # Scaled sums of mixed dtypes: in the float64 ones' scale.
+        if dtype == tf.float64 and any(g.dtype != dtype for g in grads):
+            scaled = tf.add_n([
+                tf.cast(pair[1], dtype) * (_OVERFLOW_SAFE_SCALE[dtype]
+                                           / _OVERFLOW_SAFE_SCALE[g.dtype])**2
+                for g, pair in zip(grads, sums)])
+        scale = algorithm.clip_scale(
+            tf.cast(settings.global_clipnorm, dtype), norm(squared, scaled))
+        return [g * tf.cast(scale, g.dtype) for g in grads]
     if settings.clipvalue:
         return [tf.clip_by_value(g, -settings.clipvalue, settings.clipvalue)
                 for g in grads]
@@ -407,10 +483,12 @@ def update_ema(averaged, updates, finite, settings):
         if finite is not None:
             overwrite = tf.logical_and(finite, overwrite)
     for w, average in averaged:
-        weight = tf.cast(w.read_value(), tf.float32)
-        old_average = tf.cast(average.read_value(), tf.float32)
+        dtype = compute_dtype(w.dtype)
+        weight = tf.cast(w.read_value(), dtype)
+        old_average = tf.cast(average.read_value(), dtype)
+        w_momentum = tf.cast(momentum, dtype)
         new_average = _unless_nonfinite(
-            finite, momentum * old_average + (1.0 - momentum) * weight,
+            finite, w_momentum * old_average + (1.0 - w_momentum) * weight,
             old_average)
         average.assign(tf.cast(new_average, average.dtype))
         if overwrite is not None:
@@ -499,7 +577,8 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
     writes nothing, then one pass per variable that writes w, m and v.
 
     With clipping by norm the directions need the clipped gradients, so
-    the gradients' sums take a pass of their own first.
+    the gradients' sums take a pass of their own first. Only float32
+    variables (and float16/bfloat16 ones) take this form (`update_form`).
     """
     variables = state.variables
     grads = [tf.cast(g, tf.float32) for g in grads]
@@ -523,9 +602,13 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
             m, v, w, values.beta_1_power, values.beta_2_power,
             settings.epsilon, key[0], as_product)
 
+    overflow_safe = tf.constant(_OVERFLOW_SAFE_SCALE[tf.float32])
+
     def norm_terms(key, g, w, m, v, grad_scale=None):
-        # The unclipped g decides the inf/NaN rule, as in `update`.
-        gradient_term = None if clip_by_norm else tf.square(g)
+        # The unclipped g decides the inf/NaN rule, as in `update` (its
+        # scaled square: see gradient_sums).
+        gradient_term = (None if clip_by_norm
+                         else tf.square(g * overflow_safe))
         if not key[1]:
             return [gradient_term, None, None]
         g = clipped_values(g)
@@ -536,16 +619,18 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
 
     grad_scales = [None] * len(grads)
     if clip_by_norm:
-        grad_squares = grouped_sums([(g,) for g in grads], [()] * len(grads),
-                                    lambda key, g: [tf.square(g)])[:, 0]
-        finite = tf.math.is_finite(tf.reduce_sum(grad_squares))
+        grad_sums = grouped_sums(
+            [(g,) for g in grads], [()] * len(grads),
+            lambda key, g: [tf.square(g), tf.square(g * overflow_safe)])
+        finite = all_finite(tf.unstack(grad_sums[:, 1]))
         if settings.clipnorm:
-            scales = algorithm.clip_scale(settings.clipnorm,
-                                          tf.sqrt(grad_squares))
+            scales = algorithm.clip_scale(
+                settings.clipnorm, norm(grad_sums[:, 0], grad_sums[:, 1]))
         else:
             scales = tf.fill([len(grads)], algorithm.clip_scale(
                 settings.global_clipnorm,
-                tf.sqrt(tf.reduce_sum(grad_squares))))
+                norm(tf.reduce_sum(grad_sums[:, 0]),
+                     tf.reduce_sum(grad_sums[:, 1]))))
         grad_scales = tf.unstack(scales)
         # The scale travels as an input of each variable's terms, so stacked
         # variables take a stacked scale.
@@ -557,7 +642,7 @@ def update_grouped(grads, hyperparameters, update_count, state, settings):
         sums = grouped_sums(
             [(g, w, m, v) for g, w, (m, v) in zip(grads, weights, moments)],
             keys, norm_terms)
-        finite = tf.math.is_finite(tf.reduce_sum(sums[:, 0]))
+        finite = all_finite(tf.unstack(sums[:, 0]))
     ratios = algorithm.trust_ratio(tf.sqrt(sums[:, 1]), tf.sqrt(sums[:, 2]),
                                    settings.max_trust_ratio)
     adapted = tf.constant([key[1] for key in keys])

@@ -299,28 +299,40 @@ class Lamb(keras.optimizers.Optimizer):
         return value(self.learning_rate), value(self.beta_1), value(
             self.beta_2)
 
+    def _settings(self, indices, device):
+        """What a program for the variables at `indices` on `device` bakes
+        in, from the optimizer's attributes as they are now."""
+        return compiled.Settings(
+            epsilon=float(self.epsilon),
+            max_trust_ratio=(None if self.max_trust_ratio is None
+                             else float(self.max_trust_ratio)),
+            bias_correction=bool(self.bias_correction),
+            jit_compile=bool(self.jit_compile),
+            use_matvec=compiled.norms_as_matvec(device, self.jit_compile),
+            form=compiled.update_form(
+                device, self.jit_compile,
+                [self._trainable_variables[i].dtype for i in indices]),
+            clipnorm=self.clipnorm, global_clipnorm=self.global_clipnorm,
+            clipvalue=self.clipvalue,
+            accumulation_steps=self.gradient_accumulation_steps,
+            ema_momentum=self.ema_momentum if self.use_ema else None,
+            ema_overwrite_frequency=self.ema_overwrite_frequency,
+            weight_decay=self.weight_decay)
+
     def _run_program(self, indices, anchor, grads, hyperparameters):
         # A program captures the variables of the device it was traced for,
-        # so each device (the anchor's copy tells which) gets its own.
+        # so each device (the anchor's copy tells which) gets its own. It
+        # bakes in the attributes `_settings` reads: one set after the
+        # first step (`optimizer.epsilon = 1e-3`, as Keras allows) makes a
+        # new program.
         key = (anchor.device, indices)
-        program = self._programs.get(key)
-        if program is None:
-            settings = compiled.Settings(
-                epsilon=self.epsilon, max_trust_ratio=self.max_trust_ratio,
-                bias_correction=self.bias_correction,
-                jit_compile=self.jit_compile,
-                use_matvec=compiled.norms_as_matvec(anchor.device,
-                                                    self.jit_compile),
-                form=compiled.update_form(anchor.device, self.jit_compile),
-                clipnorm=self.clipnorm, global_clipnorm=self.global_clipnorm,
-                clipvalue=self.clipvalue,
-                accumulation_steps=self.gradient_accumulation_steps,
-                ema_momentum=self.ema_momentum if self.use_ema else None,
-                ema_overwrite_frequency=self.ema_overwrite_frequency)
-            program = compiled.program(
-                functools.partial(self._step_state, indices), settings)
-            self._programs[key] = program
-        return program(list(grads), tuple(hyperparameters))
+        settings = self._settings(indices, anchor.device)
+        built = self._programs.get(key)
+        if built is None or built[0] != settings:
+            built = (settings, compiled.program(
+                functools.partial(self._step_state, indices), settings))
+            self._programs[key] = built
+        return built[1](list(grads), tuple(hyperparameters))
 
     def _step_state(self, indices):
         """The tensors of the variables at `indices` and of the optimizer
