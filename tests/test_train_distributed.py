@@ -2,8 +2,11 @@
 MultiWorkerMirroredStrategy (2 processes on 127.0.0.1), each in its own
 processes since devices must be configured before TensorFlow starts."""
 
+import json
 import os
 import re
+import signal
+import time
 
 import pytest
 import tensorflow as tf
@@ -81,3 +84,67 @@ def test_multi_worker_two_processes(records, tmp_path):
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-4")
     assert (model_dir / "export" / "saved_model.pb").exists()
     assert sorted(os.listdir(model_dir / "train"))
+
+
+def _lone_worker(tmp_path, name, *args):
+    """Worker 0 of a 2-worker cluster on 127.0.0.1 whose worker 1 never
+    starts; returns (process, log path, the two addresses)."""
+    addresses = [f"127.0.0.1:{port}" for port in _testing.free_ports(2)]
+    tf_config = {"cluster": {"worker": addresses},
+                 "task": {"type": "worker", "index": 0}}
+    log = tmp_path / f"{name}.log"
+    process = _testing.start(
+        ["-m", "train.pretrain", "--strategy=multi_worker",
+         f"--model_dir={tmp_path / name}"] + list(args), str(log),
+        TF_CONFIG=json.dumps(tf_config))
+    return process, log, addresses
+
+
+def _wait_for(condition, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline and not condition():
+        time.sleep(0.2)
+    return condition()
+
+
+def test_a_lone_worker_says_what_it_waits_for_and_stops_on_signals(
+        tmp_path):
+    """Worker 0 without worker 1 used to hang in silence inside
+    TensorFlow, deaf to SIGTERM and SIGINT. Now it says once for which
+    worker it waits; SIGTERM and SIGINT end it at once with 143 and 130,
+    and --worker_wait_seconds with an error; nothing is written."""
+    workers = {
+        "term": _lone_worker(tmp_path, "term"),
+        "int": _lone_worker(tmp_path, "int"),
+        "timeout": _lone_worker(tmp_path, "timeout",
+                                "--worker_wait_seconds=3"),
+    }
+    try:
+        for name, (process, log, (own, other)) in workers.items():
+            waiting = (f"Waiting for worker 1 ({other}) of TF_CONFIG's "
+                       f"cluster to start (this is worker 0, {own})")
+            assert _wait_for(lambda: waiting in log.read_text(), 120), (
+                name, log.read_text()[-3000:])
+        for name, number in (("term", signal.SIGTERM),
+                             ("int", signal.SIGINT)):
+            os.kill(workers[name][0].pid, number)
+        for name, status in (("term", 143), ("int", 130), ("timeout", 1)):
+            process, log, (own, other) = workers[name]
+            assert _wait_for(lambda: process.poll() is not None, 30), (
+                name, log.read_text()[-3000:])
+            lines = log.read_text().strip().splitlines()
+            assert process.returncode == status, (name, lines)
+            assert sum("Waiting for" in line for line in lines) == 1
+            assert not (tmp_path / name).exists()
+        for name, signal_name in (("term", "SIGTERM"), ("int", "SIGINT")):
+            assert workers[name][1].read_text().strip().splitlines()[-1] == (
+                f"Stopped while waiting for the other workers "
+                f"({signal_name} received); nothing was trained or written")
+        other = workers["timeout"][2][1]
+        assert workers["timeout"][1].read_text().strip().splitlines()[-1] == (
+            f"Error: No answer from worker 1 ({other}) of TF_CONFIG's "
+            f"cluster within --worker_wait_seconds=3: start every worker "
+            f"with the same cluster, or raise --worker_wait_seconds")
+    finally:
+        for process, _, _ in workers.values():
+            _testing.kill(process)

@@ -74,6 +74,7 @@ class PretrainConfig:
     strategy: str = "one_device"
     tpu: Optional[str] = None
     num_gpus: Optional[int] = None
+    worker_wait_seconds: int = 0  # multi_worker; 0: as long as it takes
     # -- model
     model_size: Optional[str] = None
     bert_config_file: Optional[str] = None
@@ -278,6 +279,10 @@ def _check_choices(c):
     if c.tpu and c.strategy != "tpu":
         raise InputError(f"--tpu needs --strategy=tpu (got --strategy="
                          f"{c.strategy})")
+    if c.worker_wait_seconds and c.strategy != "multi_worker":
+        raise InputError(f"--worker_wait_seconds needs "
+                         f"--strategy=multi_worker (got --strategy="
+                         f"{c.strategy})")
     if c.num_gpus is not None and c.strategy in ("multi_worker", "tpu"):
         raise InputError(f"--num_gpus is for one_device/mirrored, not "
                          f"--strategy={c.strategy}")
@@ -297,6 +302,9 @@ def _check_counts(c):
     if not c.loss_upper_bound > 0:
         raise InputError(f"--loss_upper_bound must be > 0, got "
                          f"{c.loss_upper_bound}")
+    if c.worker_wait_seconds < 0:
+        raise InputError(f"--worker_wait_seconds must be >= 0, got "
+                         f"{c.worker_wait_seconds}")
     if c.recovery_max_trials < 0:
         raise InputError(f"--recovery_max_trials must be >= 0, got "
                          f"{c.recovery_max_trials}")

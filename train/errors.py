@@ -65,3 +65,21 @@ class Preempted(Exception):
     @property
     def exit_status(self):
         return 128 + (self.signal_number or signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT before anything was trained or written (while this
+    worker waited for the other workers of its cluster).
+
+    Attributes: `signal_number`, `exit_status` (128 + its number).
+    """
+
+    def __init__(self, signal_number, while_doing):
+        self.signal_number = signal_number
+        super().__init__(
+            f"Stopped {while_doing} ({signal.Signals(signal_number).name} "
+            f"received); nothing was trained or written")
+
+    @property
+    def exit_status(self):
+        return 128 + self.signal_number

@@ -53,6 +53,14 @@ def define_flags():
     flags.DEFINE_integer("num_gpus", _default("num_gpus"),
                          "GPUs to use with one_device/mirrored (0: the "
                          "CPU); default: all visible GPUs, else the CPU.")
+    flags.DEFINE_integer("worker_wait_seconds",
+                         _default("worker_wait_seconds"),
+                         "With --strategy=multi_worker: how long a worker "
+                         "waits for the other workers of TF_CONFIG's "
+                         "cluster to start before it gives up with an "
+                         "error (exit status 1); 0: as long as it takes. "
+                         "While it waits it says for which, and SIGTERM or "
+                         "Ctrl-C end it.")
     # -- model ---------------------------------------------------------------
     flags.DEFINE_enum("model_size", _default("model_size"), list(MODEL_SIZES),
                       "Preset BERT size (layers/hidden/heads): tiny 2/128/2, "

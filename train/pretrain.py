@@ -89,6 +89,9 @@ def main(argv):
     except errors.Preempted as stop:
         print(stop, flush=True)
         sys.exit(stop.exit_status)
+    except errors.Interrupted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        sys.exit(stop.exit_status)
     except (errors.DivergenceError, errors.CheckpointError) as error:
         print(f"Error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_status)
