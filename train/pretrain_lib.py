@@ -506,6 +506,8 @@ def run_pretraining(config, strategy=None, record_files=None,
         DataError: a record that cannot be read, found while training or
             evaluating (checkpoints saved before it are kept).
         Preempted: SIGTERM or SIGINT; a checkpoint was saved first.
+        Interrupted: SIGTERM or SIGINT while this worker waited for the
+            other workers of its multi_worker cluster (nothing written).
         DivergenceError: the loss diverged after every recovery trial.
         CheckpointError: a checkpoint that cannot be written, or none in
             model_dir that can be read.
