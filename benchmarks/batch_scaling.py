@@ -1,7 +1,8 @@
 r"""Batch-size scaling study: updates to a held-out loss target, per batch.
 
 Measured as Shallue et al. (2018) measure data parallelism: for each
-optimizer (tf_lamb.Lamb, keras AdamW, keras Lamb) and batch size, how many
+optimizer (tf_lamb.Lamb in two settings, keras AdamW, keras Lamb) and
+batch size, how many
 updates does training need to reach a fixed held-out masked-LM loss, with the
 learning rate tuned at every batch size?
 
@@ -56,14 +57,18 @@ import time
 from benchmarks import _common
 from benchmarks import batch_scaling_report as report
 
-OPTIMIZERS = ("tf_lamb", "keras_adamw", "keras_lamb")
+# tf_lamb: the exclusions from weight decay, with TF Addons' meaning, also
+# exclude LayerNorm and biases from the trust ratio; tf_lamb_trust_all: the
+# same decay exclusions, the trust ratio on every variable (keras Lamb's
+# choice), which is the ablation of that one difference.
+OPTIMIZERS = ("tf_lamb", "keras_adamw", "keras_lamb", "tf_lamb_trust_all")
 DEFAULT_BATCH_SIZES = (16, 64, 256, 1024)
 DEFAULT_LR_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)
 # Peak rates at --base_batch_size, from which the square-root rule scales:
 # probes on this CPU (batch 64, default model) put AdamW's best near 8e-3;
 # LAMB's step is lr times each layer's weight norm, so it takes ~5-10x.
 DEFAULT_BASE_LEARNING_RATES = {"tf_lamb": 4e-2, "keras_adamw": 8e-3,
-                               "keras_lamb": 4e-2}
+                               "keras_lamb": 4e-2, "tf_lamb_trust_all": 4e-2}
 TARGET_NAMES = ("loose", "main", "tight")
 STUDY_KEYS = (
     "base_batch_size", "base_learning_rates", "reference",

@@ -27,8 +27,9 @@ import sys
 
 from benchmarks import _common
 
-LABELS = {"tf_lamb": "tf_lamb.Lamb", "keras_adamw": "keras AdamW",
-          "keras_lamb": "keras Lamb"}
+LABELS = {"tf_lamb": "tf_lamb.Lamb, no trust ratio on LN/bias",
+          "keras_adamw": "keras AdamW", "keras_lamb": "keras Lamb",
+          "tf_lamb_trust_all": "tf_lamb.Lamb, trust ratio on all"}
 ORDER = tuple(LABELS)
 TARGET_NAMES = ("loose", "main", "tight")
 TABLE_FILE = "table.md"

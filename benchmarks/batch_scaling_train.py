@@ -97,16 +97,20 @@ def rate_at(update, peak, warmup, horizon):
 
 
 def make_optimizer(name, schedule, setup, accumulation):
-    """`name` (tf_lamb, keras_adamw, keras_lamb) with BERT's betas and
+    """`name` (batch_scaling.OPTIMIZERS) with BERT's betas and
     epsilon, the same weight decay, exclusions and clipping."""
     common = dict(learning_rate=schedule, beta_1=0.9, beta_2=0.999,
                   epsilon=1e-6, weight_decay=setup.weight_decay or None,
                   global_clipnorm=setup.global_clipnorm or None,
                   gradient_accumulation_steps=(
                       accumulation if accumulation > 1 else None))
-    if name == "tf_lamb":
+    if name in ("tf_lamb", "tf_lamb_trust_all"):
+        # exclude_from_layer_adaptation=None takes the decay exclusions
+        # (TF Addons' meaning); [] keeps the trust ratio on every variable.
         return tf_lamb.Lamb(
             exclude_from_weight_decay=list(EXCLUDED_FROM_DECAY),
+            exclude_from_layer_adaptation=(
+                [] if name == "tf_lamb_trust_all" else None),
             jit_compile=setup.jit_compile, **common)
     if name == "keras_adamw":
         optimizer = keras.optimizers.AdamW(**common)

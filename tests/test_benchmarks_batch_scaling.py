@@ -40,9 +40,9 @@ def test_default_plan_schedule_and_rates():
             assert bs.learning_rate(args, optimizer, batch, 2.0) == (
                 pytest.approx(base * math.sqrt(batch / 64) * 2, rel=1e-5))
     # By batch; the reference's pair first at its batch.
-    assert bs.pairs(args)[:4] == [
+    assert bs.pairs(args)[:5] == [
         ("tf_lamb", 16), ("keras_adamw", 16), ("keras_lamb", 16),
-        ("keras_adamw", 64)]
+        ("tf_lamb_trust_all", 16), ("keras_adamw", 64)]
     assert bs.reference_points(args) == [64, 128, 256]
     assert bs.grid_order((0.5, 1.0, 2.0, 4.0)) == [1.0, 2.0, 0.5, 4.0]
 
@@ -291,3 +291,23 @@ def test_quick_study_end_to_end_and_resume(tmp_path, capsys):
     bs.main(argv + ["--no_plot"])
     assert "[1] " not in capsys.readouterr().out
     assert (out / bs.RESULTS_FILE).read_text().splitlines() == after
+
+
+def test_the_two_tf_lamb_settings_differ_only_in_the_trust_ratio():
+    """tf_lamb keeps TF Addons' meaning (the decay exclusions also leave
+    the trust ratio); tf_lamb_trust_all keeps the trust ratio on every
+    variable, with the same decay exclusions."""
+    import types
+
+    from benchmarks import batch_scaling_train as train
+    setup = types.SimpleNamespace(weight_decay=0.01, global_clipnorm=1.0,
+                                  jit_compile=True)
+    built = {name: train.make_optimizer(name, 0.01, setup, 1)
+             for name in ("tf_lamb", "tf_lamb_trust_all")}
+    for optimizer in built.values():
+        assert optimizer.get_config()["exclude_from_weight_decay"] == list(
+            train.EXCLUDED_FROM_DECAY)
+    assert built["tf_lamb"].get_config()[
+        "exclude_from_layer_adaptation"] == list(train.EXCLUDED_FROM_DECAY)
+    assert built["tf_lamb_trust_all"].get_config()[
+        "exclude_from_layer_adaptation"] == []

@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks import batch_scaling_report as report
 
+TF_LAMB = report.LABELS["tf_lamb"]
+
 
 def _run(optimizer, batch, multiplier, seed, updates, stage=None,
          stopped=None, cap=1000):
@@ -88,15 +90,15 @@ def test_perfect_scaling_and_the_largest_batch_within_tolerance():
 def test_table_rows():
     rows = report.table_rows(report.summarize(RECORDS))
     assert [(r[0], r[1]) for r in rows] == [
-        (16, "tf_lamb.Lamb"), (16, "keras AdamW"), (64, "tf_lamb.Lamb"),
-        (64, "keras AdamW"), (256, "tf_lamb.Lamb")]
+        (16, TF_LAMB), (16, "keras AdamW"), (64, TF_LAMB),
+        (64, "keras AdamW"), (256, TF_LAMB)]
     by_key = {(r[0], r[1]): r for r in rows}
-    row = by_key[(64, "tf_lamb.Lamb")]
+    row = by_key[(64, TF_LAMB)]
     assert row[2].endswith("(2x) edge")
     assert row[4] == "30 [26-censored]"
     assert row[5] == "1920"  # 30 updates of 64
     assert row[6] == "1.20"  # 30 / (100 * 16 / 64)
-    assert by_key[(256, "tf_lamb.Lamb")][6] == "3.36"  # 21 / 6.25
+    assert by_key[(256, TF_LAMB)][6] == "3.36"  # 21 / 6.25
     assert by_key[(16, "keras AdamW")][4] == "censored (0/3 reached)"
     assert by_key[(64, "keras AdamW")][6] == "-"  # no anchor
     table = report.markdown_table(rows).splitlines()
@@ -112,7 +114,7 @@ def test_figure_panels(tmp_path):
     assert len(landscapes) == 2
     assert by_updates.get_xscale() == by_updates.get_yscale() == "log"
     (bars,) = [c for c in by_updates.containers
-               if c.get_label() == "tf_lamb.Lamb"]
+               if c.get_label() == TF_LAMB]
     data_line = bars.lines[0]
     assert list(data_line.get_xdata()) == [16, 64, 256]
     assert list(data_line.get_ydata()) == [100, 30, 21]
@@ -125,7 +127,7 @@ def test_figure_panels(tmp_path):
     assert len(dotted) == 1  # AdamW has no anchor
     assert list(dotted[0].get_ydata()) == [100, 25, 6.25]
     examples = [c for c in by_examples.containers
-                if c.get_label() == "tf_lamb.Lamb"][0].lines[0]
+                if c.get_label() == TF_LAMB][0].lines[0]
     assert list(examples.get_ydata()) == [1600, 1920, 5376]
     # The tuning landscape: reached runs joined, censored ones marked at
     # their stop.
@@ -142,5 +144,5 @@ def test_report_writes_the_table_and_says_when_empty(tmp_path, capsys):
     assert "No finished run yet" in capsys.readouterr().out
     report.report(str(tmp_path), RECORDS, TARGETS, draw=False)
     text = (tmp_path / report.TABLE_FILE).read_text()
-    assert "| 64 | tf_lamb.Lamb |" in text
+    assert f"| 64 | {TF_LAMB} |" in text
     assert "largest batch within 1.25x" in text
