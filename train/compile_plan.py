@@ -269,7 +269,17 @@ def plan(config, bert_config, target, search=True):
         if b not in steps:
             print(f"[compile_for] {target}: compiling the step at per-chip "
                   f"batch {b} ...", file=sys.stderr, flush=True)
-            steps[b] = compile_step(device, exporter, b)
+            steps[b] = step = compile_step(device, exporter, b)
+            # Each compile can take many minutes: its outcome is shown as
+            # it comes, so a search cut short still says what it found.
+            outcome = (f"{_gib(step.memory_bytes)} of "
+                       f"{_gib(spec['hbm_bytes'])}, "
+                       f"{'fits' if step.fits(spec['hbm_bytes']) else 'does not fit'}"
+                       if step.compiled else f"did not compile ({step.error})")
+            print(f"[compile_for] {target}: batch {b}: {outcome} (export "
+                  f"{step.export_s:.0f} s, compile "
+                  f"{step.compile_s:.0f} s)", file=sys.stderr,
+                  flush=True)
         return steps[b]
 
     asked = compile_at(batch)
