@@ -2,6 +2,7 @@
 and the learning-rate schedule of the train package."""
 
 import collections
+import dataclasses
 import re
 
 import numpy as np
@@ -10,6 +11,7 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from train import corpus
+from train import data
 from train import examples
 from train import input_pipeline
 from train import schedule
@@ -222,3 +224,67 @@ def test_schedule_change_warning():
         "--warmup_steps 2 -> 4; the rate jumps from 5.000e-04 (update 20) "
         "to 5.000e-03 (update 21). The schedule of the new flags is used "
         "from here on")
+
+
+def test_heldout_split_depends_on_the_text_alone():
+    documents = [[f"sentence {i} of a document.", f"another {i}."]
+                 for i in range(2000)]
+    train, heldout = data.split_heldout(documents, 0.05)
+    assert 60 < len(heldout) < 140  # ~5 % of 2,000
+    assert not {tuple(d) for d in train} & {tuple(d) for d in heldout}
+    assert len(train) + len(heldout) == len(documents)
+    # The same documents in another order are held out alike.
+    again_train, again_heldout = data.split_heldout(documents[::-1], 0.05)
+    assert sorted(map(tuple, again_heldout)) == sorted(map(tuple, heldout))
+    assert data.split_heldout(documents, 0.0) == (documents, [])
+
+
+def test_context_free_baseline_by_hand():
+    # Training tokens: 5 x3, 6 x1 (8 tokens in all with 7 x4).
+    train = [[[[5, 5], [6]], [[5, 7, 7, 7, 7]]]]
+    instances = [
+        examples.Instance([], [], [1, 2], [5, 7], True),
+        examples.Instance([], [], [3], [9], False),
+        examples.Instance([], [], [1], [7], False)]
+    baseline = data.context_free_baseline(train, instances)
+    total, vocab = 8, 10  # ids 0..9 seen: add-one over 10 ids
+    expected = -np.mean([np.log((3 + 1) / (total + vocab)),
+                         np.log((4 + 1) / (total + vocab)),
+                         np.log((0 + 1) / (total + vocab)),
+                         np.log((4 + 1) / (total + vocab))])
+    assert baseline["masked_lm_unigram_cross_entropy"] == pytest.approx(
+        expected)
+    assert baseline["masked_lm_most_frequent_accuracy"] == 0.5  # 7, twice
+    assert baseline["next_sentence_majority_accuracy"] == pytest.approx(2 / 3)
+    assert baseline["predictions"] == 4
+
+
+def test_a_run_evaluates_documents_it_never_trained_on(tmp_path, capsys):
+    """Held-out documents make no training example; the run ends with
+    their metrics beside the context-free baseline."""
+    from train import PretrainConfig, run_pretraining
+    text = _testing.write_small_corpus(str(tmp_path / "text.txt"), 200)
+    config = PretrainConfig(
+        input_file=(text,), max_seq_length=32, max_predictions_per_seq=5,
+        vocab_size=300, dupe_factor=1, heldout_share=0.2,
+        model_dir=str(tmp_path / "run"), num_train_steps=2, log_steps=2,
+        train_batch_size=8, export_dir="none", model_size="tiny")
+    result = run_pretraining(config)
+    out = capsys.readouterr().out
+    assert re.search(r"Held-out \(\d+ examples of \d+ documents never "
+                     r"trained on\): MLM loss [\d.]+ against [\d.]+ for word "
+                     r"frequencies alone", out), out
+    heldout = result["heldout"]
+    assert heldout["examples"] > 0
+    assert 0 < heldout["baseline"]["masked_lm_unigram_cross_entropy"] < 10
+    # The training examples are made from the other documents only.
+    train, held = data.split_heldout(corpus.read_documents([text]), 0.2)
+    made = re.search(r"(\d+) documents -> .*; (\d+) held-out documents",
+                     out)
+    assert made and (int(made[1]), int(made[2])) == (len(train), len(held))
+    assert (tmp_path / "run" / "data" / data.HELDOUT_FILE).exists()
+    # --heldout_share=0 turns it off.
+    off = run_pretraining(dataclasses.replace(
+        config, heldout_share=0.0, model_dir=str(tmp_path / "off")))
+    assert off["heldout"] is None
+    assert "Held-out" not in capsys.readouterr().out

@@ -88,6 +88,9 @@ class PretrainConfig:
     tfds_data_dir: Optional[str] = None
     tfds_text_key: str = "text"
     max_documents: int = 100000
+    # Of the documents a run makes its examples from, the share it never
+    # trains on: their examples are evaluated at the end of the run.
+    heldout_share: float = 0.05
     vocab_file: Optional[str] = None
     max_seq_length: int = 128
     max_predictions_per_seq: int = 20
@@ -302,6 +305,9 @@ def _check_counts(c):
     if not c.loss_upper_bound > 0:
         raise InputError(f"--loss_upper_bound must be > 0, got "
                          f"{c.loss_upper_bound}")
+    if not 0 <= c.heldout_share < 0.5:
+        raise InputError(f"--heldout_share must be in [0, 0.5), got "
+                         f"{c.heldout_share}")
     if c.worker_wait_seconds < 0:
         raise InputError(f"--worker_wait_seconds must be >= 0, got "
                          f"{c.worker_wait_seconds}")

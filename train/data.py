@@ -6,10 +6,13 @@ write nothing; only `prepare_examples` writes, into the run's data
 directory. Which model a run trains is `train.model_setup`'s.
 """
 
+import collections
 import dataclasses
 import json
+import math
 import os
 import time
+import zlib
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -30,6 +33,64 @@ class TextSource:
     # Identifies the text's version (file sizes and times), so that examples
     # made from an older version of the text are not reused.
     fingerprint: Optional[list] = None
+
+
+HELDOUT_FILE = "heldout.tfrecord"
+# Enough held-out examples for a loss to two decimals, few enough that the
+# end-of-run evaluation of the default model takes seconds.
+MAX_HELDOUT_EXAMPLES = 512
+
+
+@dataclasses.dataclass
+class Heldout:
+    """Examples of documents the run never trains on, made with its
+    vocabulary at phase 1's lengths, and what a context-free predictor
+    scores on them (`context_free_baseline`)."""
+
+    file: str
+    examples: int
+    documents: int
+    baseline: dict
+
+
+def split_heldout(documents, share):
+    """(training documents, held-out documents): a document is held out
+    when a checksum of its text falls in the first `share` of the range,
+    so the split depends on the text alone, not on the order or the
+    seed."""
+    train, heldout = [], []
+    for document in documents:
+        text = "\n".join(document).encode("utf-8", "replace")
+        (heldout if zlib.crc32(text) % 10000 < share * 10000
+         else train).append(document)
+    return train, heldout
+
+
+def context_free_baseline(train_tokenized, instances):
+    """What predicting a masked token without its context scores on
+    `instances`: the cross-entropy (nats) of the training text's unigram
+    frequencies (add-one smoothed) at the masked tokens, the accuracy of
+    always predicting the most frequent training token, and of always
+    predicting the commoner next-sentence label."""
+    counts = collections.Counter(
+        token for document in train_tokenized for sentence in document
+        for word in sentence for token in word)
+    total = sum(counts.values())
+    most_frequent = counts.most_common(1)[0][0] if counts else 0
+    masked = [i for instance in instances for i in instance.masked_ids]
+    vocab = max([most_frequent] + masked + list(counts)) + 1
+    cross_entropy = -sum(math.log((counts[i] + 1) / (total + vocab))
+                         for i in masked) / max(len(masked), 1)
+    random_next = sum(instance.is_random_next for instance in instances)
+    return {
+        "masked_lm_unigram_cross_entropy": cross_entropy,
+        "masked_lm_most_frequent_accuracy":
+            sum(i == most_frequent for i in masked) / max(len(masked), 1),
+        "next_sentence_majority_accuracy":
+            max(random_next, len(instances) - random_next)
+            / max(len(instances), 1),
+        "predictions": len(masked),
+    }
 
 
 def train_files(config, phases, bert_config):
@@ -123,37 +184,47 @@ def _examples_key(config, source, phases, vocab_target):
         "seed": config.seed,
         "writer": examples.EXAMPLES_VERSION,
         "fingerprint": source.fingerprint,
+        "heldout_share": config.heldout_share,
     }
 
 
 def prepare_examples(data_dir, source, phases, config, bert_config):
     """Makes (or reuses) TFRecords for every phase in `data_dir`.
 
-    Returns (phases with their files, vocabulary file). A vocabulary is
-    learnt when --vocab_file is not given; with --bert_config_file it is
-    padded with [unusedN] tokens to the model's vocab_size.
+    Returns (phases with their files, vocabulary file, Heldout or None).
+    A vocabulary is learnt when --vocab_file is not given (from the
+    training documents only); with --bert_config_file it is padded with
+    [unusedN] tokens to the model's vocab_size. With --heldout_share the
+    held-out documents' examples go to data/heldout.tfrecord.
     """
     vocab_target = bert_config.vocab_size if bert_config else (
         config.vocab_size)
     key = _examples_key(config, source, phases, vocab_target)
     meta_path = os.path.join(data_dir, "metadata.json")
-    vocab_file = config.vocab_file or os.path.join(data_dir, "vocab.txt")
+    vocab_file = _vocab_path(data_dir, config)
     names = [os.path.join(data_dir, f"phase{i + 1}.tfrecord")
              for i in range(len(phases))]
     if tf.io.gfile.exists(meta_path):
         with tf.io.gfile.GFile(meta_path) as fh:
             meta = json.load(fh)
-        if meta.get("key") == key and all(map(tf.io.gfile.exists, names)):
+        heldout = (Heldout(**meta["heldout"]) if meta.get("heldout")
+                   else None)
+        if meta.get("key") == key and all(map(tf.io.gfile.exists, names)) \
+                and (heldout is None or tf.io.gfile.exists(heldout.file)):
             print(f"Reusing the examples in {data_dir}", flush=True)
             return ([p.with_files([n]) for p, n in zip(phases, names)],
-                    vocab_file)
+                    vocab_file, heldout)
     started = time.time()
     print(f"Making pretraining examples from {source.description} in "
           f"{data_dir} ...", flush=True)
     tf.io.gfile.makedirs(data_dir)
     if tf.io.gfile.exists(meta_path):
         tf.io.gfile.remove(meta_path)
-    documents = source.documents()
+    documents, heldout_documents = split_heldout(source.documents(),
+                                                 config.heldout_share)
+    if not documents:
+        raise InputError(f"--heldout_share={config.heldout_share} holds out "
+                         f"every document of {source.description}")
     if not config.vocab_file:
         vocab = tokenization.learn_vocab(documents, vocab_target,
                                          config.do_lower_case)
@@ -180,11 +251,42 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
                                  phase.predictions)
         result.append(phase.with_files([name]))
         counts.append(len(instances))
-    examples.write_metadata(meta_path, key=key, examples=counts)
+    heldout = _write_heldout(data_dir, heldout_documents, tokenized, tokens,
+                             phases[0], config)
+    examples.write_metadata(
+        meta_path, key=key, examples=counts,
+        heldout=dataclasses.asdict(heldout) if heldout else None)
     print(f"  {len(documents)} documents -> {_counts_text(counts)}, "
           f"vocabulary of {len(tokens)} tokens "
-          f"({time.time() - started:.0f}s)", flush=True)
-    return result, vocab_file
+          f"({time.time() - started:.0f}s)"
+          + (f"; {heldout.documents} held-out documents -> "
+             f"{heldout.examples} examples" if heldout else ""), flush=True)
+    return result, vocab_file, heldout
+
+
+def _write_heldout(data_dir, documents, train_tokenized, tokens, phase,
+                   config):
+    """The held-out examples and their context-free baseline, or None."""
+    if not documents:
+        return None
+    tokenized = tokenization.tokenize_documents(documents, _vocab_path(
+        data_dir, config), config.do_lower_case)
+    instances = examples.create_instances(
+        tokenized, examples.Vocab(tokens), phase.seq_length,
+        phase.predictions, config.masked_lm_prob, config.short_seq_prob,
+        1, config.whole_word_mask, config.seed + 1000)[:MAX_HELDOUT_EXAMPLES]
+    if not instances:
+        return None
+    path = os.path.join(data_dir, HELDOUT_FILE)
+    examples.write_instances(instances, [path], phase.seq_length,
+                             phase.predictions)
+    return Heldout(file=path, examples=len(instances),
+                   documents=len(documents),
+                   baseline=context_free_baseline(train_tokenized, instances))
+
+
+def _vocab_path(data_dir, config):
+    return config.vocab_file or os.path.join(data_dir, "vocab.txt")
 
 
 def _counts_text(counts):

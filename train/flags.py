@@ -108,6 +108,11 @@ def define_flags():
                         "Feature of --tfds_name that holds the text.")
     flags.DEFINE_integer("max_documents", _default("max_documents"),
                          "Most documents read from --tfds_name.")
+    flags.DEFINE_float("heldout_share", _default("heldout_share"),
+                       "Share of the documents (the default corpus, "
+                       "--input_file, --tfds_name) never trained on: "
+                       "their examples are evaluated at the end of the "
+                       "run beside a context-free baseline (0: none).")
     flags.DEFINE_string("vocab_file", _default("vocab_file"),
                         "WordPiece vocabulary (one token per line). "
                         "Default: learnt from the text, or required with "

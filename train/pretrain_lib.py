@@ -333,13 +333,15 @@ def _reading(files, seq_length, predictions):
 def _write_run_files(config, checked, chief, work_dir, record_files):
     """Makes the examples when the data is text, and writes the model's
     config, vocabulary and `record_files` into model_dir (the chief only);
-    returns (phases with their files, vocab file, BertConfig)."""
+    returns (phases with their files, vocab file, BertConfig, held-out
+    examples or None)."""
     phases, bert_config = checked.phases, checked.bert_config
     model_dir, vocab_file = config.model_dir, config.vocab_file
+    heldout = None
     if chief:
         tf.io.gfile.makedirs(model_dir)
     if checked.source is not None:
-        phases, vocab_file = data.prepare_examples(
+        phases, vocab_file, heldout = data.prepare_examples(
             os.path.join(work_dir, "data"), checked.source, phases, config,
             bert_config)
     if bert_config is None:
@@ -347,7 +349,7 @@ def _write_run_files(config, checked, chief, work_dir, record_files):
             config.model_size_name, len(tokenization.read_vocab(vocab_file)))
         model_setup.check_model_dir(config, bert_config)
     if not (chief and config.trains):
-        return phases, vocab_file, bert_config
+        return phases, vocab_file, bert_config, heldout
     files = dict(record_files or {})
     files["bert_config.json"] = bert_config.to_json_string()
     files[SCHEDULE_FILE] = json.dumps(trainer_lib.make_schedule(
@@ -359,7 +361,33 @@ def _write_run_files(config, checked, chief, work_dir, record_files):
             os.path.join(model_dir, "vocab.txt")):
         tf.io.gfile.copy(vocab_file, os.path.join(model_dir, "vocab.txt"),
                          overwrite=True)
-    return phases, vocab_file, bert_config
+    return phases, vocab_file, bert_config, heldout
+
+
+def _evaluate_heldout(config, trainer, phase, heldout, chief):
+    """The held-out examples' metrics beside their context-free baseline
+    (printed by the chief); None without held-out examples."""
+    if heldout is None:
+        return None
+    evaluator = evaluation.Evaluator(
+        trainer.model, trainer.strategy, [heldout.file],
+        config.eval_batch_size, phase.seq_length, phase.predictions,
+        jit_compile=config.jit_compile)
+    metrics = evaluator.evaluate(int(trainer.step.numpy()))
+    baseline = heldout.baseline
+    if chief:
+        print(f"Held-out ({metrics['examples']} examples of "
+              f"{heldout.documents} documents never trained on): MLM loss "
+              f"{metrics['masked_lm_loss']:.3f} against "
+              f"{baseline['masked_lm_unigram_cross_entropy']:.3f} for word "
+              f"frequencies alone; MLM accuracy "
+              f"{metrics['masked_lm_accuracy']:.3f} against "
+              f"{baseline['masked_lm_most_frequent_accuracy']:.3f} for the "
+              f"most frequent token; NSP accuracy "
+              f"{metrics['next_sentence_accuracy']:.3f} against "
+              f"{baseline['next_sentence_majority_accuracy']:.3f} for the "
+              f"commoner label", flush=True)
+    return dict(metrics, baseline=baseline)
 
 
 def _restore_or_initialise(config, trainer, saved):
@@ -525,7 +553,7 @@ def run_pretraining(config, strategy=None, record_files=None,
     # the policy it was built with).
     caller_policy = keras.mixed_precision.global_policy()
     try:
-        phases, vocab_file, bert_config = _write_run_files(
+        phases, vocab_file, bert_config, heldout = _write_run_files(
             config, checked, chief, work_dir, record_files)
         keras.mixed_precision.set_global_policy(config.mixed_precision)
         trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
@@ -542,13 +570,16 @@ def run_pretraining(config, strategy=None, record_files=None,
             _result, start_step=start_step, vocab_file=vocab_file,
             bert_config=bert_config, trainer=trainer)
         if config.mode == "eval":
-            return result(start_step, [], None, evaluate(start_step), None)
+            return result(start_step, [], None, evaluate(start_step), None,
+                          heldout=None)
         _print_start(config, trainer, start_step)
         with run_checkpoints.DivergenceGuard(trainer, saved, config) as guard:
             controller, log = _controller(config, trainer, phases, saved,
                                           guard, evaluate, chief)
             step = controller.train(start_step)
         eval_metrics = evaluate(step) if evaluate else None
+        heldout_metrics = _evaluate_heldout(config, trainer, phases[0],
+                                            heldout, chief)
         if config.export_path and chief:
             # From the newest good checkpoint, through python -m
             # train.export's code (a fresh float32 model).
@@ -560,7 +591,8 @@ def run_pretraining(config, strategy=None, record_files=None,
         if chief:
             _print_summary(log.history)
         return result(step, log.history, controller.examples_seen / max(
-            controller.train_seconds, 1e-9), eval_metrics, config.export_path)
+            controller.train_seconds, 1e-9), eval_metrics, config.export_path,
+            heldout=heldout_metrics)
     finally:
         keras.mixed_precision.set_global_policy(caller_policy)
         if not chief:
