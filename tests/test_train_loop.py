@@ -132,6 +132,27 @@ def test_clipping_defaults():
         global_clipnorm=0.0).lamb_arguments()
 
 
+def test_the_trust_ratio_covers_every_variable_by_default():
+    """The binary's default keeps LayerNorm and biases in the trust ratio
+    (the measured winner, docs/batch_scaling.md); given the decay list
+    only, Lamb itself still takes it for both, as TF Addons does."""
+    import keras
+    from tf_lamb import Lamb
+    config = PretrainConfig()
+    arguments = config.lamb_arguments()
+    assert arguments["exclude_from_weight_decay"] == [
+        "LayerNorm", "layer_norm", "bias"]
+    assert arguments["exclude_from_layer_adaptation"] == []
+    optimizer = Lamb(**arguments)
+    gamma = keras.Variable([1.0, 2.0], name="gamma")
+    gamma_path_optimizer = Lamb(
+        exclude_from_weight_decay=["gamma"])  # TF Addons' meaning
+    assert optimizer._use_layer_adaptation(gamma)
+    assert not gamma_path_optimizer._use_layer_adaptation(gamma)
+    legacy = PretrainConfig(exclude_from_layer_adaptation=None)
+    assert legacy.lamb_arguments()["exclude_from_layer_adaptation"] is None
+
+
 def test_accumulation_conversions_agree_with_the_optimizer():
     accumulation = schedule_lib.GradientAccumulation(4)
     assert accumulation.optimizer_argument() == 4

@@ -185,8 +185,8 @@ def define_flags():
     flags.DEFINE_list("exclude_from_layer_adaptation",
                       _default("exclude_from_layer_adaptation"),
                       "LAMB: regular expressions; variables whose path "
-                      "matches one get no trust ratio (default: the "
-                      "--exclude_from_weight_decay list).")
+                      "matches one get no trust ratio (default: none, "
+                      "the trust ratio on every variable).")
     flags.DEFINE_float("max_trust_ratio", _default("max_trust_ratio"),
                        "LAMB: upper bound of the trust ratio (default: "
                        "none).")
