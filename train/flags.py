@@ -318,6 +318,11 @@ def config_from_flags(values):
         value = values[field.name].value
         if field.name in _UNSET_WHEN_ABSENT and not values[field.name].present:
             value = None
+        elif value is None and isinstance(field.default, tuple):
+            # An empty list flag reads as None (`_default`); the setting's
+            # own default is the empty tuple, which may mean something
+            # else than None (--exclude_from_layer_adaptation).
+            value = field.default
         if isinstance(value, list):
             value = tuple(value)
         settings[field.name] = value
