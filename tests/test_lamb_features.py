@@ -620,6 +620,38 @@ def test_huge_finite_gradients_are_stepped_not_dropped(clipping,
     assert not optimizer._momentums[0].numpy().any()
 
 
+def test_huge_float32_gradients_beside_float64_variables(device_kind):
+    """global_clipnorm over a float32 variable whose sum of squares
+    overflows float32 and a float64 one: the global norm is taken in
+    float64 from the float32 variable's scaled sum, so the step equals the
+    one taken with g / ||g|| given directly. (A first step does not depend
+    on the gradient's scale, so a second, unclipped one follows.)"""
+    huge = np.full((2, 4), 1e19, np.float32)
+    small = np.linspace(-3e18, 3e18, 6)
+    grads = [huge.astype(np.float64), small]
+    total = np.sqrt(sum(np.sum(g ** 2) for g in grads))
+    rng = np.random.default_rng(13)
+    second = [0.1 * rng.normal(size=(2, 4)), 0.1 * rng.normal(size=6)]
+
+    def variables():
+        return [keras.Variable(np.ones((2, 4), np.float32)),
+                keras.Variable(np.ones(6), dtype="float64")]
+
+    def tensors(arrays, variables):
+        return [tf.constant(a.astype(v.dtype))
+                for a, v in zip(arrays, variables)]
+
+    clipped, expected = variables(), variables()
+    clipping, plain = Lamb(0.01, global_clipnorm=1.0), Lamb(0.01)
+    clipping.apply(tensors(grads, clipped), clipped)
+    plain.apply(tensors([g / total for g in grads], expected), expected)
+    clipping.apply(tensors(second, clipped), clipped)
+    plain.apply(tensors(second, expected), expected)
+    for w, reference in zip(clipped, expected):
+        assert not np.array_equal(w.numpy(), np.ones(w.shape))
+        np.testing.assert_allclose(w.numpy(), reference.numpy(), rtol=1e-6)
+
+
 def test_huge_finite_gradients_with_accumulation(device_kind):
     """The accumulated mean's second look reads the accumulators."""
     huge = np.full((4,), 1e19, np.float32)

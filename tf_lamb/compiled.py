@@ -441,6 +441,19 @@ def update_variable(variable, gradient, values, settings, finite):
     return tf.constant(1.0) if ratio is None else tf.cast(ratio, tf.float32)
 
 
+def _squared_sum_in(dtype, pair, pair_dtype):
+    """The squared norm of a `gradient_sums` pair of `pair_dtype`, in
+    `dtype`; where a narrower dtype's sum overflowed, from its scaled sum,
+    which the wider dtype holds unscaled."""
+    plain = tf.cast(pair[0], dtype)
+    if pair_dtype == dtype:
+        return plain
+    return tf.where(tf.math.is_inf(plain),
+                    tf.cast(pair[1], dtype)
+                    / _OVERFLOW_SAFE_SCALE[pair_dtype] ** 2,
+                    plain)
+
+
 def _clipped(grads, sums, settings):
     if settings.clipnorm:
         return [algorithm.clip_by_global_norm(
@@ -448,14 +461,14 @@ def _clipped(grads, sums, settings):
                 for g, pair in zip(grads, sums)]
     if settings.global_clipnorm:
         dtype = _widest(grads)
-        squared, scaled = (tf.add_n([tf.cast(pair[k], dtype)
-                                     for pair in sums]) for k in (0, 1))
-        # Scaled sums of mixed dtypes: in the float64 ones' scale.
-        if dtype == tf.float64 and any(g.dtype != dtype for g in grads):
-            scaled = tf.add_n([
-                tf.cast(pair[1], dtype) * (_OVERFLOW_SAFE_SCALE[dtype]
-                                           / _OVERFLOW_SAFE_SCALE[g.dtype])**2
-                for g, pair in zip(grads, sums)])
+        squared = tf.add_n([_squared_sum_in(dtype, pair, g.dtype)
+                            for g, pair in zip(grads, sums)])
+        # Each dtype's scaled sum brought to the widest dtype's scale (a
+        # factor of 1 unless float32 and float64 variables are mixed).
+        scaled = tf.add_n([
+            tf.cast(scaled, dtype) * (_OVERFLOW_SAFE_SCALE[dtype]
+                                      / _OVERFLOW_SAFE_SCALE[g.dtype])**2
+            for g, (_, scaled) in zip(grads, sums)])
         scale = algorithm.clip_scale(
             tf.cast(settings.global_clipnorm, dtype), norm(squared, scaled))
         return [g * tf.cast(scale, g.dtype) for g in grads]
