@@ -283,22 +283,12 @@ def test_command_line_is_quiet(run, tmp_path):
     assert not info, result.stderr[-2000:]
 
 
-def _keras_hub_inputs(vocab_size, batch=4, length=12):
-    rng = np.random.default_rng(3)
-    ids = rng.integers(5, vocab_size, (batch, length)).astype(np.int32)
-    mask = np.ones_like(ids)
-    mask[1, length // 2:] = 0
-    ids[1, length // 2:] = 0
-    types = np.zeros_like(ids)
-    types[:, length // 3:] = 1
-    return ids, mask, types
-
-
 @needs_keras_hub
 def test_keras_hub_backbone_computes_what_the_saved_model_computes(run):
     import keras_hub
     backbone = keras_hub.models.BertBackbone.from_preset(run["hf"])
-    ids, mask, types = _keras_hub_inputs(run["vocab_size"])
+    ids, mask, types = train_testing.encoder_inputs(run["vocab_size"],
+                                                     batch=4, seed=3)
     theirs = backbone({"token_ids": ids, "segment_ids": types,
                        "padding_mask": mask})
     encoder = tf.saved_model.load(run["saved_model"])

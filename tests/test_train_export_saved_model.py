@@ -41,15 +41,9 @@ def run(tmp_path_factory):
             "vocab": vocab, "vocab_size": vocab_size}
 
 
-def _inputs(vocab_size, batch=3, length=12, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab_size, (batch, length)).astype(np.int32)
-    mask = np.ones_like(ids)
-    mask[1, length // 2:] = 0
-    ids[1, length // 2:] = 0
-    types = np.zeros_like(ids)
-    types[:, length // 3:] = 1
-    return dict(zip(INPUTS, (ids, mask, types)))
+def _inputs(vocab_size, **kwargs):
+    return dict(zip(INPUTS, train_testing.encoder_inputs(vocab_size,
+                                                         **kwargs)))
 
 
 def _google_weights(model):

@@ -18,6 +18,21 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
+def encoder_inputs(vocab_size, batch=3, length=12, seed=0):
+    """(input_word_ids, input_mask, input_type_ids) as int32 arrays: random
+    ids, the second row padded from the middle, a second segment from a
+    third of the way in."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab_size, (batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, length // 2:] = 0
+    ids[1, length // 2:] = 0
+    types = np.zeros_like(ids)
+    types[:, length // 3:] = 1
+    return ids, mask, types
+
+
 def write_small_corpus(path, max_documents=300):
     """The first documents of the default corpus as a text file."""
     corpus.write_text_corpus(corpus.stdlib_documents(max_documents), path)
