@@ -135,6 +135,9 @@ class Task:
     test_y: np.ndarray
     # Whether the bag of words counts each segment apart.
     per_segment_counts: bool
+    # {"train": [...], "held_out": [...]}: the examples as text, with their
+    # labels, written beside the results for whoever wants to look.
+    texts: dict
 
     @property
     def chance(self):
@@ -268,21 +271,25 @@ def _arrays(encoded, labels, length):
 def make_order_task(config, task_documents, pretraining_documents,
                     encoding):
     """The order task's training and held-out examples, from different
-    documents, none of whose pairs the pretraining text holds."""
+    documents, none of whose pairs the pretraining text holds; nor does
+    the training set hold a held-out pair (near copies again)."""
     train_docs, test_docs = _salted_split(task_documents,
                                           config.order_test_share,
                                           "order-test")
     excluded = seen_pairs(pretraining_documents)
-    splits = []
-    for documents, salt in ((train_docs, 0), (test_docs, 1)):
+    splits, texts = [], {}
+    for documents, salt, split in ((train_docs, 0, "train"),
+                                   (test_docs, 1, "held_out")):
         examples = order_examples(documents, config.seed + salt, excluded)
         check_unseen(examples, pretraining_documents)
+        excluded |= {(a, b) for a, b, _ in examples}
         splits.append(_arrays(
             [encoding.pair(a, b, config.pair_length) for a, b, _ in examples],
             [label for _, _, label in examples], config.pair_length))
+        texts[split] = examples
     return Task("order", "whether two adjacent sentences of a docstring "
                 "are in their original order", ("swapped", "in order"),
-                *splits[0], *splits[1], per_segment_counts=True)
+                *splits[0], *splits[1], per_segment_counts=True, texts=texts)
 
 
 # -- the package task ---------------------------------------------------------
@@ -327,6 +334,7 @@ def make_package_task(config, encoding):
     names = sorted(passages)
     count = min(config.per_class, min(len(p) for p in passages.values()))
     splits = {"train": ([], []), "held_out": ([], [])}
+    texts = {"train": [], "held_out": []}
     for label, name in enumerate(names):
         taken = 0
         for text in passages[name][:count]:
@@ -336,14 +344,16 @@ def make_package_task(config, encoding):
                 if taken == config.train_per_class:
                     continue
                 taken += 1
-            rows, labels = splits["held_out" if held_out else "train"]
+            split = "held_out" if held_out else "train"
+            rows, labels = splits[split]
             rows.append(encoding.single(text, config.max_length))
             labels.append(label)
+            texts[split].append((text, label))
     return Task("package", "which of " + ", ".join(names) + " a docstring "
                 "comes from", tuple(names),
                 *_arrays(*splits["train"], config.max_length),
                 *_arrays(*splits["held_out"], config.max_length),
-                per_segment_counts=False)
+                per_segment_counts=False, texts=texts)
 
 
 # -- the bag-of-words baseline ------------------------------------------------
@@ -584,6 +594,9 @@ def run(config):
         task = (make_order_task(config, task_documents,
                                 pretraining_documents, encoding)
                 if name == "order" else make_package_task(config, encoding))
+        with open(os.path.join(config.output_dir, f"{name}_examples.json"),
+                  "w") as fh:
+            json.dump(task.texts, fh, indent=1)
         results["tasks"][name] = {
             "description": task.description, "classes": list(task.classes),
             "train_examples": len(task.train_y),
