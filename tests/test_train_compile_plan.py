@@ -5,6 +5,7 @@ known memory curve; the real step of a tiny BERT compiles for a TPU v5e
 where libtpu is installed (the `hlo` extra).
 """
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -56,6 +57,35 @@ def test_no_batch_fits_and_failed_compiles_do_not_fit():
     largest, _ = compile_plan.largest_fitting_batch(compile_at, 16 * GIB, 8,
                                                     max_compiles=6)
     assert largest == 32
+
+
+def test_a_step_the_compiler_refuses_for_memory_is_reported_too_big():
+    # libtpu's refusal of BERT-large at 512 tokens, batch 16, on a v5e.
+    refused = compile_plan.CompiledStep(16, False, error=(
+        "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile "
+        "permanent error. Ran out of memory in memory space hbm. Used "
+        "15.85G of 15.75G hbm. Exceeded hbm capacity by 107.44M."))
+    broken = compile_plan.CompiledStep(32, False, error="UNIMPLEMENTED: op")
+    fitting = compile_plan.CompiledStep(8, True, argument_bytes=4 * GIB,
+                                        temp_bytes=7 * GIB)
+    assert refused.out_of_memory and not broken.out_of_memory
+    assert not fitting.out_of_memory and not refused.fits(16 * GIB)
+    result = {
+        "chip": "TPU v5e (one chip)", "chip_memory_bytes": 16 * GIB,
+        "model": {"num_hidden_layers": 24, "hidden_size": 1024},
+        "parameters": 336226108, "seq_length": 512, "batch": 8,
+        "accumulation_steps": 1, "precision": "mixed_bfloat16",
+        "step": dataclasses.asdict(fitting), "fits": True,
+        "memory_bytes": fitting.memory_bytes, "largest_batch": 8,
+        "tried": {s.batch: {"compiled": s.compiled,
+                            "memory_bytes": s.memory_bytes,
+                            "fits": s.fits(16 * GIB),
+                            "out_of_memory": s.out_of_memory}
+                  for s in (fitting, refused, broken)}}
+    lines = compile_plan.report(result)
+    assert ("largest per-chip batch that fits: 8 (compiled at 8: 11.00 GiB, "
+            "16: too big (the compiler ran out of device memory), 32: did "
+            "not compile)") in lines
 
 
 def test_the_search_jumps_to_the_predicted_batch_within_its_budget():

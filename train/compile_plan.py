@@ -63,6 +63,14 @@ class CompiledStep:
     def fits(self, capacity_bytes):
         return self.compiled and self.memory_bytes <= capacity_bytes
 
+    @property
+    def out_of_memory(self):
+        """Whether the compiler refused the step for want of device memory
+        (libtpu: "Ran out of memory in memory space hbm")."""
+        return not self.compiled and any(
+            sign in (self.error or "")
+            for sign in ("Ran out of memory", "HbmOom", "RESOURCE_EXHAUSTED"))
+
 
 def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
                           capacity_bytes: float, start: int,
@@ -238,12 +246,16 @@ def compile_step(device, exporter, batch):
     started = time.perf_counter()
     proto = exporter.hlo(batch)
     export_s = time.perf_counter() - started
+    compile_started = time.perf_counter()
     try:
         executable, seconds = accelerators.compile_proto(device, proto)
     except Exception as error:  # the compiler's own  pylint: disable=broad-except
         first_line = (str(error).strip().splitlines() or [repr(error)])[0]
+        # A refusal can take as long as a compile (libtpu: half an hour
+        # for BERT-large at 512 tokens), so its time is kept too.
         return CompiledStep(batch, False, error=first_line,
-                            export_s=export_s)
+                            export_s=export_s,
+                            compile_s=time.perf_counter() - compile_started)
     measured, _ = accelerators.measure(executable, seconds, None)
     return CompiledStep(
         batch, True, argument_bytes=measured["argument_bytes"],
@@ -301,7 +313,8 @@ def plan(config, bert_config, target, search=True):
         "largest_batch": largest,
         "tried": {b: {"compiled": s.compiled,
                       "memory_bytes": s.memory_bytes if s.compiled else None,
-                      "fits": s.fits(spec["hbm_bytes"])}
+                      "fits": s.fits(spec["hbm_bytes"]),
+                      "out_of_memory": s.out_of_memory}
                   for b, s in sorted(steps.items())},
     }
     if asked.compiled:
@@ -316,6 +329,14 @@ def plan(config, bert_config, target, search=True):
 
 def _gib(value):
     return "-" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def _tried(outcome):
+    if outcome["compiled"]:
+        return _gib(outcome["memory_bytes"]) + (
+            "" if outcome["fits"] else " (too big)")
+    return ("too big (the compiler ran out of device memory)"
+            if outcome.get("out_of_memory") else "did not compile")
 
 
 def report(result):
@@ -342,11 +363,8 @@ def report(result):
             f"{_gib(result['memory_bytes'])} of the chip's "
             f"{_gib(result['chip_memory_bytes'])}: "
             + ("fits" if result["fits"] else "does not fit"))
-    tried = ", ".join(
-        f"{b}: " + ("no compile" if not t["compiled"] else
-                    f"{_gib(t['memory_bytes'])}"
-                    + ("" if t["fits"] else " (too big)"))
-        for b, t in result["tried"].items())
+    tried = ", ".join(f"{b}: {_tried(t)}"
+                      for b, t in result["tried"].items())
     largest = result["largest_batch"]
     lines.append(f"largest per-chip batch that fits: "
                  f"{largest if largest is not None else 'none tried'} "
