@@ -40,7 +40,7 @@ The tasks:
 
   python -m benchmarks.finetune                  # pretrains first
   python -m benchmarks.finetune --saved_model=runs/pretrain/export
-  python -m benchmarks.finetune --quick          # under a minute, for tests
+  python -m benchmarks.finetune --quick          # ~45 s, for the tests
 
 It prints a table and writes results.json into --output_dir.
 """
@@ -78,6 +78,9 @@ POOLING_TEXT = {"pooled": "pooled_output",
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
+    """The benchmark's settings (the flags of the same names), built once
+    in main and passed down."""
+
     output_dir: str = "runs/finetune"
     saved_model: Optional[str] = None
     tasks: Tuple[str, ...] = TASKS
@@ -104,7 +107,7 @@ class FinetuneConfig:
     bow_epochs: int = 40
     bow_learning_rate: float = 0.01
     bow_l2: float = 1e-4
-    # Of the task splits, the order task's labels and the random encoder.
+    # Which order pairs are swapped, and the random encoder's weights.
     seed: int = 7
 
     @property
@@ -113,8 +116,9 @@ class FinetuneConfig:
 
     @classmethod
     def quick(cls, output_dir):
-        """Seconds per fine-tuning (most of it tracing), the order task
-        alone and two seeds: the tests' run, well under a minute."""
+        """The tests' run: the order task alone, two seeds, a few seconds
+        per fine-tuning (most of it tracing); about 45 s in all on the
+        2-core CPU."""
         return cls(output_dir=output_dir, tasks=("order",), seeds=(1, 2),
                    pretrain_steps=10, pretrain_documents=300, per_class=40,
                    steps=6, max_length=32, pair_length=48, batch_size=16,
