@@ -10,7 +10,9 @@ fast and correctly:
   with matvec norms (`sums_of_squares`); a GPU launches a kernel per fusion,
   so there every norm of every variable is taken in one pass that writes
   nothing, small variables stacked, before one writing pass per variable
-  (`update_grouped`);
+  (`update_grouped`); a TPU's compiler stages operands through its vector
+  memory, so there each variable is updated in turn, fenced from the next
+  (`update_in_sequence`);
 - with the all-or-nothing rule for inf/NaN gradients, gradient
   accumulation and EMA, each written so that XLA updates variables in place.
 
@@ -39,12 +41,13 @@ MATVEC_NORMS_ON_CPU = framework.major_minor(tf.__version__) >= (2, 21)
 
 # The forms of the update (Settings.form): "chained" takes each variable's
 # norms and update one after the other; "grouped" takes all norms first, in
-# few kernels (`update_grouped`). Measured with each target's compiler
-# (benchmarks.compile_for, docs/performance.md): grouped launches a third of
-# keras Lamb's kernels on an H100; on a TPU, whose compiler stages each
-# operand through its vector memory, the stacks it builds cost traffic, and
-# chained reads less.
-FORMS = {"cpu": "chained", "gpu": "grouped", "tpu": "chained"}
+# few kernels (`update_grouped`); "sequenced" is chained with each variable
+# finished before the next one starts (`update_in_sequence`). Measured with
+# each target's compiler (benchmarks.compile_for, docs/performance.md):
+# grouped launches a third of keras Lamb's kernels on an H100; on a TPU,
+# whose compiler stages operands through its vector memory, the stacks it
+# builds cost traffic, and the sequence keeps the staging lowest.
+FORMS = {"cpu": "chained", "gpu": "grouped", "tpu": "sequenced"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +350,7 @@ def update(grads, hyperparameters, update_count, state, settings):
     # replica alike, or taken.
     finite = all_finite([tf.cast(scaled, _widest(grads))
                          for _, scaled in sums])
-    grads = _clipped(grads, sums, settings)
+    clippings = _clippings(grads, sums, settings)
     # The scalars in each dtype the variables compute in (float64 ones
     # take their powers in float64; a float32-only program has no float64).
     values = {dtype: algorithm.StepValues.at(
@@ -357,9 +360,13 @@ def update(grads, hyperparameters, update_count, state, settings):
         for dtype in {g.dtype for g in grads}}
 
     def update_variables(finite):
-        ratios = [update_variable(variable, g, values[g.dtype], settings,
-                                  finite)
-                  for variable, g in zip(state.variables, grads)]
+        if settings.form == "sequenced":
+            return tf.stack(update_in_sequence(
+                state.variables, grads, clippings, values, settings, finite))
+        ratios = [update_variable(variable, clip(g), values[g.dtype],
+                                  settings, finite)
+                  for variable, g, clip in zip(state.variables, grads,
+                                               clippings)]
         return tf.stack(ratios)
 
     store_trust_ratios(state, update_variables, finite=finite,
@@ -422,23 +429,94 @@ def update_variable(variable, gradient, values, settings, finite):
             settings.epsilon, variable.weight_decay, as_product)
 
     r = direction()
-    ratio = None
-    if variable.layer_adaptation:
-        weight_squared, direction_squared = sums_of_squares(
-            weight, r, use_matvec=settings.use_matvec)
-        ratio = algorithm.trust_ratio(tf.sqrt(weight_squared),
-                                      tf.sqrt(direction_squared),
-                                      settings.max_trust_ratio)
-        if settings.jit_compile:
-            # r again, in a form XLA does not share with the norm's pass, so
-            # r is never written out: the norm's and the update's loops each
-            # read w, m, v. Unfused graph ops keep r anyway.
-            r = direction(as_product=True)
+    ratio = _trust_ratio(variable, weight, r, settings, settings.use_matvec)
+    if ratio is not None and settings.jit_compile:
+        # r again, in a form XLA does not share with the norm's pass, so r
+        # is never written out: the norm's and the update's loops each read
+        # w, m, v. Unfused graph ops keep r anyway.
+        r = direction(as_product=True)
     new_weight = _unless_nonfinite(
         finite, algorithm.apply_update(weight, r, values.learning_rate, ratio),
         weight)
     w.assign(tf.cast(new_weight, w.dtype))
+    return _stored(ratio)
+
+
+def _trust_ratio(variable, weight, direction, settings, use_matvec):
+    """phi of `variable`, None where it takes no layer adaptation."""
+    if not variable.layer_adaptation:
+        return None
+    weight_squared, direction_squared = sums_of_squares(
+        weight, direction, use_matvec=use_matvec)
+    return algorithm.trust_ratio(tf.sqrt(weight_squared),
+                                 tf.sqrt(direction_squared),
+                                 settings.max_trust_ratio)
+
+
+def _stored(ratio):
+    """phi as the optimizer's trust_ratios keep it (1 for no adaptation)."""
     return tf.constant(1.0) if ratio is None else tf.cast(ratio, tf.float32)
+
+
+def new_values(variable, weight, m_old, v_old, gradient, values, settings,
+               finite):
+    """Algorithm 2 for one variable, as values: (phi, new weight, m, v),
+    each kept at its old value where `finite` is false. `weight` is in
+    the gradient's dtype."""
+    m, v = algorithm.update_moments(gradient, m_old, v_old, values.beta_1,
+                                    values.beta_2)
+    m = _unless_nonfinite(finite, m, m_old)
+    v = _unless_nonfinite(finite, v, v_old)
+    r = algorithm.lamb_direction(
+        m, v, weight, values.beta_1_power, values.beta_2_power,
+        settings.epsilon, variable.weight_decay)
+    ratio = _trust_ratio(variable, weight, r, settings, use_matvec=False)
+    new_weight = _unless_nonfinite(
+        finite, algorithm.apply_update(weight, r, values.learning_rate, ratio),
+        weight)
+    return _stored(ratio), new_weight, m, v
+
+
+def update_in_sequence(variables, grads, clippings, values, settings,
+                       finite):
+    """`new_values` of each variable in turn, last first, each
+    finished before the next one starts: one variable's results and the
+    next one's inputs pass through one optimization barrier; each gradient
+    is clipped (`clippings`) after its barrier. Returns phi of each
+    variable, in their order.
+
+    Once the trust ratios are a result of the program, libtpu runs every
+    variable's moments and norms before any weight update and stages the
+    new moments through its vector memory and back (BERT-base on a v5e:
+    130.7 B/param by its cost analysis; 71.1 in this sequence, keras Lamb
+    71.2). Last first: the gradients checked last may still be in vector
+    memory when their variables update.
+    """
+    def assign(variable, results):
+        ratio, new_weight, m, v = results
+        variable.momentum.assign(m)
+        variable.velocity.assign(v)
+        variable.weight.assign(tf.cast(new_weight, variable.weight.dtype))
+        return ratio
+
+    ratios = {}
+    previous = None  # (index, variable, its results)
+    for i in reversed(range(len(variables))):
+        variable, gradient = variables[i], grads[i]
+        inputs = [tf.cast(variable.weight.read_value(), gradient.dtype),
+                  variable.momentum.read_value(),
+                  variable.velocity.read_value(), gradient]
+        if previous is not None:
+            passed = optimization_barrier(*previous[2], *inputs)
+            ratios[previous[0]] = assign(previous[1], passed[:4])
+            inputs = passed[4:]
+        weight, m_old, v_old, gradient = inputs
+        previous = (i, variable, new_values(
+            variable, weight, m_old, v_old, clippings[i](gradient),
+            values[gradient.dtype], settings, finite))
+    if previous is not None:
+        ratios[previous[0]] = assign(previous[1], previous[2])
+    return [ratios[i] for i in range(len(variables))]
 
 
 def _squared_sum_in(dtype, pair, pair_dtype):
@@ -454,11 +532,13 @@ def _squared_sum_in(dtype, pair, pair_dtype):
                     plain)
 
 
-def _clipped(grads, sums, settings):
+def _clippings(grads, sums, settings):
+    """For each gradient, the function that clips it as `settings` asks
+    (from `gradient_sums`' `sums` of all of them)."""
     if settings.clipnorm:
-        return [algorithm.clip_by_global_norm(
+        return [lambda g, pair=pair: algorithm.clip_by_global_norm(
                     [g], tf.cast(settings.clipnorm, g.dtype), norm(*pair))[0]
-                for g, pair in zip(grads, sums)]
+                for pair in sums]
     if settings.global_clipnorm:
         dtype = _widest(grads)
         squared = tf.add_n([_squared_sum_in(dtype, pair, g.dtype)
@@ -471,11 +551,11 @@ def _clipped(grads, sums, settings):
             for g, (_, scaled) in zip(grads, sums)])
         scale = algorithm.clip_scale(
             tf.cast(settings.global_clipnorm, dtype), norm(squared, scaled))
-        return [g * tf.cast(scale, g.dtype) for g in grads]
+        return [lambda g: g * tf.cast(scale, g.dtype)] * len(grads)
     if settings.clipvalue:
-        return [tf.clip_by_value(g, -settings.clipvalue, settings.clipvalue)
-                for g in grads]
-    return grads
+        return [lambda g: tf.clip_by_value(g, -settings.clipvalue,
+                                           settings.clipvalue)] * len(grads)
+    return [lambda g: g] * len(grads)
 
 
 def update_ema(averaged, updates, finite, settings):
