@@ -174,6 +174,10 @@ def test_traced_for_gives_programs_another_devices_form():
     # The GPU's form stacks the small variables; the others do not.
     assert "concatenate" in forms["gpu"]
     assert forms["tpu"] != forms["gpu"] and forms["cpu"] != forms["tpu"]
+    # The TPU's form fences each variable from the next (one barrier
+    # between each two); the CPU's has none.
+    assert forms["tpu"].count(" opt-barrier(") == len(SHAPES) - 1
+    assert " opt-barrier(" not in forms["cpu"]
     with pytest.raises(ValueError, match="device kind"):
         with compiled.traced_for("ipu"):
             pass
