@@ -543,9 +543,10 @@ def _clippings(grads, sums, settings):
         dtype = _widest(grads)
         squared = tf.add_n([_squared_sum_in(dtype, pair, g.dtype)
                             for g, pair in zip(grads, sums)])
-        # Each dtype's scaled sum brought to the widest dtype's scale (a
-        # factor of 1 unless float32 and float64 variables are mixed).
+        # Each narrower dtype's scaled sum brought to the widest dtype's
+        # scale (float32 and float64 variables mixed).
         scaled = tf.add_n([
+            scaled if g.dtype == dtype else
             tf.cast(scaled, dtype) * (_OVERFLOW_SAFE_SCALE[dtype]
                                       / _OVERFLOW_SAFE_SCALE[g.dtype])**2
             for g, (_, scaled) in zip(grads, sums)])
