@@ -20,6 +20,12 @@ any serialized HloModuleProto) for such a chip, and reports for each:
   flops, temp   the cost analysis' flops (TPU); the scratch memory the
                 program needs beside its arguments and outputs
   compile       seconds the compiler took
+  unstaged      TPU, with `--unstaged`: bytes/param of the same program
+                compiled with libtpu's memory-space assignment off
+                (LIBTPU_INIT_ARGS=--xla_msa_enable=false, in a child
+                process): nothing is staged into vector memory, so the
+                cost analysis counts only the kernels' reads and writes of
+                device memory. What the staging adds is the difference.
 
 With `--optax`, optax.lamb on the same variable shapes (jax.jit, donated
 state) is compiled beside them as the JAX anchor.
@@ -38,7 +44,9 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks import _common
@@ -116,7 +124,13 @@ def parse_args(argv):
                         help="write each optimized program here (text)")
     parser.add_argument("--json_out", default=None,
                         help="write the results here as JSON")
+    parser.add_argument("--unstaged", action="store_true",
+                        help="TPU: also compile each program with libtpu's "
+                        "memory-space assignment off (no staging into "
+                        "vector memory) and report its bytes/param beside")
     args = parser.parse_args(argv)
+    if args.unstaged and TARGETS[args.target]["platform"] != "tpu":
+        parser.error("--unstaged is for TPU targets (libtpu's staging)")
     if not args.programs and not (args.optax and args.optax_model):
         parser.error("name at least one program (or --optax with "
                      "--optax_model)")
@@ -174,7 +188,47 @@ def run(args):
             label = f"optax_lamb ({model})"
             result["programs"][label] = measured
             _dump(args, label, optimized)
+    result["vmem_staging"] = not staging_off()
+    if args.unstaged:
+        for label, measured in unstaged(args).items():
+            if label in result["programs"]:
+                result["programs"][label]["unstaged"] = measured
     return result
+
+
+MSA_OFF = "--xla_msa_enable=false"
+
+
+def staging_off():
+    """Whether this process's libtpu was told to stage nothing."""
+    return MSA_OFF in os.environ.get("LIBTPU_INIT_ARGS", "").split()
+
+
+def unstaged(args):
+    """{label: the cost figures of each program} compiled again with the
+    memory-space assignment off. libtpu reads its flags once, when it
+    starts, so the compile runs in a child process."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "unstaged.json")
+        argv = [sys.executable, "-m", "benchmarks.compile_for",
+                f"--target={args.target}", f"--json_out={out}",
+                *args.programs]
+        if args.optax:
+            argv.append("--optax")
+        for flag in ("optax_model", "parameters"):
+            if getattr(args, flag) is not None:
+                argv.append(f"--{flag}={getattr(args, flag)}")
+        env = dict(os.environ, LIBTPU_INIT_ARGS=(
+            os.environ.get("LIBTPU_INIT_ARGS", "") + " " + MSA_OFF).strip())
+        print(f"[compile_for] {args.target}: compiling again with "
+              f"{MSA_OFF} ...", file=sys.stderr, flush=True)
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            programs = json.load(f)["programs"]
+    keys = ("bytes_accessed", "bytes_per_param", "ratio_to_floor",
+            "temp_bytes", "kernels")
+    return {label: {k: p[k] for k in keys if k in p}
+            for label, p in programs.items()}
 
 
 def _dump(args, label, optimized):
@@ -190,7 +244,10 @@ def report(result, out=None):
     out = out or sys.stdout
     print(f"\nCompiled for {result['chip']} ({result['target']}, jax "
           f"{result['jax']}), without the device. bytes/param: the "
-          "compiler's cost analysis; HBM B/param: an estimate from the "
+          "compiler's cost analysis"
+          + ("" if result.get("vmem_staging", True) else
+             " (memory-space assignment off: nothing staged)")
+          + "; HBM B/param: an estimate from the "
           f"optimized program; floor: exact LAMB, "
           f"{result['exact_floor_bytes_per_param']} B/param.", file=out)
 
@@ -207,9 +264,16 @@ def report(result, out=None):
             number(p.get("flops"), "{:.3g}"),
             _common.fmt_bytes(p["temp_bytes"]),
             f"{p['compile_s']:.1f} s"])
-    _common.print_table(["program", "kernels", "bytes/param", "to floor",
-                         "HBM B/param", "flops", "temp", "compile"], rows,
-                        out=out)
+        if any("unstaged" in q for q in result["programs"].values()):
+            staged_off = p.get("unstaged", {})
+            rows[-1] += [number(staged_off.get("bytes_per_param"), "{:.1f}"),
+                         _common.fmt_bytes(staged_off["temp_bytes"])
+                         if "temp_bytes" in staged_off else "-"]
+    header = ["program", "kernels", "bytes/param", "to floor",
+              "HBM B/param", "flops", "temp", "compile"]
+    if rows and len(rows[0]) > len(header):
+        header += ["unstaged B/param", "unstaged temp"]
+    _common.print_table(header, rows, out=out)
 
 
 def main(argv=None):

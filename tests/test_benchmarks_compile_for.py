@@ -162,12 +162,23 @@ def test_scaling_costs_eight_bytes_per_element_on_tpu(tmp_path):
         check=True, timeout=TIMEOUT, env=dict(os.environ,
                                               JAX_PLATFORMS="cpu"))
     out = tmp_path / "result.json"
-    _compile("tpu-v5e", program,
-             extra=("--parameters=1048576", f"--json_out={out}"))
-    (result,) = json.loads(out.read_text())["programs"].values()
+    _compile("tpu-v5e", program, extra=("--parameters=1048576",
+                                        f"--json_out={out}", "--unstaged"))
+    written = json.loads(out.read_text())
+    (result,) = written["programs"].values()
     assert result["kernels"] == 1
     assert result["bytes_per_param"] == pytest.approx(8.0)
     assert result["device_memory_bytes_per_param"] == pytest.approx(8.0)
+    # Nothing of it is staged: compiled without staging, the same count.
+    assert written["vmem_staging"] is True
+    assert result["unstaged"]["bytes_per_param"] == pytest.approx(8.0)
+    assert result["unstaged"]["kernels"] == 1
+
+
+def test_unstaged_is_for_tpus(tmp_path):
+    completed = _run(sys.executable, "benchmarks.compile_for",
+                     "--target=h100", "--unstaged", str(tmp_path / "x.pb"))
+    assert completed.returncode == 2 and "--unstaged" in completed.stderr
 
 
 @pytest.mark.skipif(not _has_module("libtpu"),
@@ -175,7 +186,8 @@ def test_scaling_costs_eight_bytes_per_element_on_tpu(tmp_path):
 def test_optimizer_steps_compile_for_tpu_v5e(tmp_path_factory, tmp_path):
     exported = _export(tmp_path_factory, "tpu")
     out = tmp_path / "tpu.json"
-    completed = _compile("tpu-v5e", exported, extra=(f"--json_out={out}",))
+    completed = _compile("tpu-v5e", exported,
+                         extra=(f"--json_out={out}", "--unstaged"))
     result = json.loads(out.read_text())
     assert result["chip"].startswith("TPU v5e")
     assert set(result["programs"]) == {"tf_lamb", "keras_lamb_xla"}
@@ -184,6 +196,12 @@ def test_optimizer_steps_compile_for_tpu_v5e(tmp_path_factory, tmp_path):
         assert program["flops"] > 0, name
         # Every variable, slot and gradient is read at least once.
         assert program["bytes_per_param"] >= 16, name
+        # Without staging into vector memory, each kernel's reads and
+        # writes of device memory alone: w, m, v read and written and g
+        # read at least once (28 B), and no more than what staging adds.
+        unstaged = program["unstaged"]
+        assert 28 <= unstaged["bytes_per_param"] <= program[
+            "bytes_per_param"], name
         assert program["ratio_to_floor"] == pytest.approx(
             program["bytes_per_param"] / 44)
         assert program["temp_bytes"] >= 0 and program["compile_s"] > 0

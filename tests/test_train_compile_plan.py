@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from train import compile_plan
+from train import accelerators, compile_plan
 from train import modeling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +86,31 @@ def test_a_step_the_compiler_refuses_for_memory_is_reported_too_big():
     assert ("largest per-chip batch that fits: 8 (compiled at 8: 11.00 GiB, "
             "16: too big (the compiler ran out of device memory), 32: did "
             "not compile)") in lines
+
+
+def test_a_v4_plan_is_a_cores():
+    # libtpu compiles a v4 one TensorCore (16 GiB) at a time; the report
+    # says so rather than calling the core a chip.
+    spec = accelerators.TARGETS["tpu-v4"]
+    assert spec["hbm_bytes"] == 16 * GIB and spec["unit"] == "core"
+    fitting = compile_plan.CompiledStep(64, True, argument_bytes=2 * GIB,
+                                        temp_bytes=9 * GIB)
+    result = {
+        "chip": spec["chip"], "unit": spec["unit"],
+        "chip_memory_bytes": spec["hbm_bytes"],
+        "model": {"num_hidden_layers": 12, "hidden_size": 768},
+        "parameters": 110104890, "seq_length": 512, "batch": 64,
+        "accumulation_steps": 1, "precision": "mixed_bfloat16",
+        "step": dataclasses.asdict(fitting), "fits": True,
+        "memory_bytes": fitting.memory_bytes, "largest_batch": 64,
+        "tried": {64: {"compiled": True,
+                       "memory_bytes": fitting.memory_bytes, "fits": True,
+                       "out_of_memory": False}}}
+    text = "\n".join(compile_plan.report(result))
+    assert "per-core batch 64" in text
+    assert "11.00 GiB of the core's 16.00 GiB: fits" in text
+    assert "largest per-core batch that fits: 64" in text
+    assert "chip" not in text.replace(spec["chip"], "")
 
 
 def test_the_search_jumps_to_the_predicted_batch_within_its_budget():

@@ -301,6 +301,7 @@ def plan(config, bert_config, target, search=True):
                                            batch)
     result = {
         "target": target, "chip": spec["chip"],
+        "unit": spec.get("unit", "chip"),
         "chip_memory_bytes": spec["hbm_bytes"],
         "model": dataclasses.asdict(bert_config),
         "parameters": exporter.parameters,
@@ -343,11 +344,12 @@ def report(result):
     """The plan as the few lines `--compile_for` prints."""
     step = result["step"]
     model = result["model"]
+    unit = result.get("unit", "chip")
     lines = [
         f"Compiled for {result['chip']} without the device: BERT "
         f"{model['num_hidden_layers']} layers x {model['hidden_size']} "
         f"({result['parameters']:,} parameters), sequence length "
-        f"{result['seq_length']}, per-chip batch {result['batch']}"
+        f"{result['seq_length']}, per-{unit} batch {result['batch']}"
         + (f" (x {result['accumulation_steps']} accumulated)"
            if result["accumulation_steps"] > 1 else "")
         + f", {result['precision']}"]
@@ -360,13 +362,13 @@ def report(result):
             f"memory: arguments {_gib(step['argument_bytes'])} + "
             f"temporaries {_gib(step['temp_bytes'])} + outputs not in place "
             f"{_gib(step['output_bytes'] - step['alias_bytes'])} = "
-            f"{_gib(result['memory_bytes'])} of the chip's "
+            f"{_gib(result['memory_bytes'])} of the {unit}'s "
             f"{_gib(result['chip_memory_bytes'])}: "
             + ("fits" if result["fits"] else "does not fit"))
     tried = ", ".join(f"{b}: {_tried(t)}"
                       for b, t in result["tried"].items())
     largest = result["largest_batch"]
-    lines.append(f"largest per-chip batch that fits: "
+    lines.append(f"largest per-{unit} batch that fits: "
                  f"{largest if largest is not None else 'none tried'} "
                  f"(compiled at {tried})")
     for key, label in (("estimate", f"batch {result['batch']}"),
@@ -380,7 +382,7 @@ def report(result):
             f"({estimate['flops_source']}) and {estimate['bytes']:.3g} bytes "
             f"per step -> {estimate['step_s'] * 1e3:.1f} ms "
             f"({estimate['bound']}-bound), "
-            f"{estimate['examples_per_s']:,.0f} examples/s per chip")
+            f"{estimate['examples_per_s']:,.0f} examples/s per {unit}")
     return lines
 
 
