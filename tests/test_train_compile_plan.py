@@ -48,6 +48,18 @@ def test_largest_batch_of_a_known_memory_curve(start, expected):
     assert len(calls) == len(set(calls))  # no batch compiled twice
 
 
+def test_one_compile_is_only_the_asked_batch():
+    # --compile_for_max_compiles=1: the asked batch, whether it fits or not.
+    compile_at, calls = fake_compiler(4.0, 0.15)
+    assert compile_plan.largest_fitting_batch(
+        compile_at, 16 * GIB, 32, max_compiles=1)[0] == 32
+    assert calls == [32]
+    compile_at, calls = fake_compiler(4.0, 0.15)
+    assert compile_plan.largest_fitting_batch(
+        compile_at, 16 * GIB, 128, max_compiles=1)[0] is None
+    assert calls == [128]
+
+
 def test_no_batch_fits_and_failed_compiles_do_not_fit():
     compile_at, _ = fake_compiler(20.0, 0.1)
     largest, tried = compile_plan.largest_fitting_batch(compile_at,

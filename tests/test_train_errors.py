@@ -53,6 +53,8 @@ def _data(records, files=None):
     (["--loss_scale_factor=8", "--mixed_precision=mixed_float16"],
      "contradict"),
     (["--ema_overwrite_frequency=2"], "needs --use_ema"),
+    (["--compile_for=tpu-v5e", "--compile_for_max_compiles=0"],
+     "--compile_for_max_compiles must be >= 1, got 0"),
     (["--learning_rate=-1e-3"], r"^--learning_rate must be > 0, got -0.001$"),
     (["--num_train_steps=4", "--phase2_steps=2", "--phase2_learning_rate=0"],
      r"^--phase2_learning_rate must be > 0, got 0.0$"),

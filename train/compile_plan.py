@@ -297,8 +297,9 @@ def plan(config, bert_config, target, search=True):
     asked = compile_at(batch)
     largest = None
     if search:
-        largest, _ = largest_fitting_batch(compile_at, spec["hbm_bytes"],
-                                           batch)
+        largest, _ = largest_fitting_batch(
+            compile_at, spec["hbm_bytes"], batch,
+            max_compiles=config.compile_for_max_compiles)
     result = {
         "target": target, "chip": spec["chip"],
         "unit": spec.get("unit", "chip"),

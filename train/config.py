@@ -142,6 +142,7 @@ class PretrainConfig:
     jit_compile: bool = False
     steps_per_loop: int = 100
     compile_for: Optional[str] = None  # a chip of train.accelerators.TARGETS
+    compile_for_max_compiles: int = 4  # of the batch search, the asked one included
     # -- evaluation
     mode: str = "train"
     eval_files: Tuple[str, ...] = ()
@@ -304,7 +305,8 @@ def _check_counts(c):
     for name in ("train_batch_size", "gradient_accumulation_steps",
                  "num_train_steps", "save_checkpoints_steps", "log_steps",
                  "keep_checkpoint_max", "shuffle_buffer", "steps_per_loop",
-                 "eval_batch_size", "max_documents"):
+                 "eval_batch_size", "max_documents",
+                 "compile_for_max_compiles"):
         if getattr(c, name) < 1:
             raise InputError(f"--{name} must be >= 1, got {getattr(c, name)}")
     if not c.loss_upper_bound > 0:

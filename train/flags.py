@@ -239,6 +239,14 @@ def define_flags():
                       "chip's, the largest per-chip batch that fits and a "
                       "roofline estimate of its speed (train.compile_plan). "
                       "Writes nothing.")
+    flags.DEFINE_integer("compile_for_max_compiles",
+                         _default("compile_for_max_compiles"),
+                         "With --compile_for: compile the step at most this "
+                         "many batch sizes, the asked one included, in the "
+                         "search for the largest that fits (1: only the "
+                         "asked one). Each compile of a BERT-large step took "
+                         "8 to 30 minutes on a 2-core machine, a refusal for "
+                         "memory as long as a compile.")
     flags.DEFINE_integer("steps_per_loop", _default("steps_per_loop"),
                          "Optimizer updates per call of the compiled "
                          "training loop; a call ends early at an update "
