@@ -254,6 +254,7 @@ def report(result, out=None):
     def number(value, form):
         return "-" if value is None else form.format(value)
 
+    with_unstaged = any("unstaged" in p for p in result["programs"].values())
     rows = []
     for label, p in result["programs"].items():
         rows.append([
@@ -264,14 +265,14 @@ def report(result, out=None):
             number(p.get("flops"), "{:.3g}"),
             _common.fmt_bytes(p["temp_bytes"]),
             f"{p['compile_s']:.1f} s"])
-        if any("unstaged" in q for q in result["programs"].values()):
+        if with_unstaged:
             staged_off = p.get("unstaged", {})
             rows[-1] += [number(staged_off.get("bytes_per_param"), "{:.1f}"),
                          _common.fmt_bytes(staged_off["temp_bytes"])
                          if "temp_bytes" in staged_off else "-"]
     header = ["program", "kernels", "bytes/param", "to floor",
               "HBM B/param", "flops", "temp", "compile"]
-    if rows and len(rows[0]) > len(header):
+    if with_unstaged:
         header += ["unstaged B/param", "unstaged temp"]
     _common.print_table(header, rows, out=out)
 

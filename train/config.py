@@ -23,7 +23,7 @@ from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES
 from train import examples
 from train.errors import InputError
-from train import accelerators
+from train import accelerators, compile_plan
 from train.modeling import MODEL_SIZES
 from train.schedule import GradientAccumulation
 
@@ -142,7 +142,8 @@ class PretrainConfig:
     jit_compile: bool = False
     steps_per_loop: int = 100
     compile_for: Optional[str] = None  # a chip of train.accelerators.TARGETS
-    compile_for_max_compiles: int = 4  # of the batch search, the asked one included
+    # Of the batch search, the asked batch included.
+    compile_for_max_compiles: int = compile_plan.MAX_FIT_COMPILES
     # -- evaluation
     mode: str = "train"
     eval_files: Tuple[str, ...] = ()
