@@ -174,11 +174,50 @@ def test_traced_for_gives_programs_another_devices_form():
     # The GPU's form stacks the small variables; the others do not.
     assert "concatenate" in forms["gpu"]
     assert forms["tpu"] != forms["gpu"] and forms["cpu"] != forms["tpu"]
-    # The TPU's form fences each variable from the next (one barrier
-    # between each two); the CPU's has none.
-    assert forms["tpu"].count(" opt-barrier(") == len(SHAPES) - 1
+    # The TPU's form fences each variable from the next, and the check of
+    # each shape's gradients from the next shape's (one barrier between
+    # each two); the CPU's has none.
+    assert forms["tpu"].count(" opt-barrier(") == (
+        (len(SHAPES) - 1) + (len(set(SHAPES)) - 1))
     assert " opt-barrier(" not in forms["cpu"]
     with pytest.raises(ValueError, match="device kind"):
         with compiled.traced_for("ipu"):
             pass
     assert compiled.device_kind("/device:CPU:0") == "cpu"
+
+
+def test_gradient_sums_by_shape_against_numpy():
+    """One (sum of squares, scaled sum of squares) pair per shape, in the
+    order of each shape's first gradient, summed over its gradients; an
+    inf in any of a group's gradients makes that group's scaled sum
+    non-finite, and a sum that overflows float32 has a finite scaled one."""
+    from tf_lamb import compiled
+    rng = np.random.default_rng(9)
+    shapes = [(3, 2), (4,), (3, 2), (4,), (5,), (3, 2)]
+    arrays = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    arrays[2][1, 1] = 3e19  # its square overflows float32
+
+    dtypes = []
+
+    @tf.function(jit_compile=True)
+    def sums_of(grads):
+        sums, dtypes[:] = compiled.gradient_sums_by_shape(grads)
+        return sums
+
+    sums = sums_of([tf.constant(a) for a in arrays])
+    assert dtypes == [tf.float32] * 3
+    scale = 2.0 ** -100
+    for (plain, scaled), members in zip(sums, ([0, 2, 5], [1, 3], [4])):
+        exact = sum(np.sum(arrays[i].astype(np.float64) ** 2)
+                    for i in members)
+        # Squares of ordinary values scaled so far down underflow to 0.
+        np.testing.assert_allclose(scaled.numpy(), exact * scale ** 2,
+                                   rtol=1e-6, atol=1e-30)
+        if exact < np.finfo(np.float32).max:
+            np.testing.assert_allclose(plain.numpy(), exact, rtol=1e-6)
+        else:
+            assert np.isinf(plain.numpy())
+    arrays[3][2] = np.inf
+    sums = sums_of([tf.constant(a) for a in arrays])
+    assert [bool(np.isfinite(scaled.numpy())) for _, scaled in sums] == [
+        True, False, True]

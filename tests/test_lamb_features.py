@@ -652,6 +652,46 @@ def test_huge_float32_gradients_beside_float64_variables(device_kind):
         np.testing.assert_allclose(w.numpy(), reference.numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("magnitude", [1.0, 1e19])
+def test_same_shaped_gradients_clipped_and_checked_together(magnitude,
+                                                            device_kind):
+    """Gradients of one shape are summed together for the inf/NaN rule and
+    global clipping (in the TPU's form): with several same-shaped
+    gradients (at 1e19, their squares overflow float32 together), the
+    clipped step equals the one taken with g / ||G|| given directly, and
+    an inf in the second of them drops the whole step."""
+    rng = np.random.default_rng(14)
+    shapes = [(2, 4), (3,), (2, 4), (3,)]
+    grads = [rng.normal(size=s) * magnitude for s in shapes]
+    total = np.sqrt(sum(np.sum(g ** 2) for g in grads))
+    initial = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    clipped = [keras.Variable(a) for a in initial]
+    expected = [keras.Variable(a) for a in initial]
+    clipping = Lamb(0.01, global_clipnorm=1.0)
+    clipping.apply([tf.constant(g.astype(np.float32)) for g in grads],
+                   clipped)
+    plain = Lamb(0.01)
+    plain.apply([tf.constant((g / total).astype(np.float32))
+                 for g in grads], expected)
+    # A first step does not depend on the gradients' scale; a second,
+    # small (unclipped) one does, through m and v.
+    second = [0.1 * rng.normal(size=s).astype(np.float32) for s in shapes]
+    clipping.apply([tf.constant(g) for g in second], clipped)
+    plain.apply([tf.constant(g) for g in second], expected)
+    for w, reference, start in zip(clipped, expected, initial):
+        assert not np.array_equal(w.numpy(), start)
+        np.testing.assert_allclose(w.numpy(), reference.numpy(), rtol=1e-6)
+    before = [w.numpy().copy() for w in clipped]
+    slots = [m.numpy().copy() for m in clipping._momentums]
+    bad = [g.astype(np.float32) for g in grads]
+    bad[2][1, 3] = np.inf
+    clipping.apply([tf.constant(g) for g in bad], clipped)
+    for w, start in zip(clipped, before):
+        np.testing.assert_array_equal(w.numpy(), start)
+    for m, start in zip(clipping._momentums, slots):
+        np.testing.assert_array_equal(m.numpy(), start)
+
+
 def test_huge_finite_gradients_with_accumulation(device_kind):
     """The accumulated mean's second look reads the accumulators."""
     huge = np.full((4,), 1e19, np.float32)

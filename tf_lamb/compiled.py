@@ -211,6 +211,35 @@ def gradient_sums(*tensors, use_matvec=True):
     return pairs
 
 
+def gradient_sums_by_shape(grads):
+    """`gradient_sums` of the gradients of each shape and dtype together:
+    ([(sum of sum(x**2), sum of sum((x * s)**2)) of each group], [the
+    group's dtype]), groups in the order of their first gradient.
+
+    Each group's pair comes from one pass that reads all of its gradients
+    (sum_i x_i**2 element-wise, then summed), and the groups pass through
+    an optimization barrier one after another. libtpu stages a gradient
+    into vector memory for each kernel that reads it; with a kernel per
+    gradient here, it staged most of them twice (here, then for their
+    variable's update). A dozen kernels for BERT's 204 gradients, in turn,
+    leave most staged once (docs/performance.md).
+    """
+    groups = {}
+    for g in grads:
+        groups.setdefault((tuple(g.shape), g.dtype), []).append(g)
+    sums, dtypes = [], []
+    for (_, dtype), group in groups.items():
+        if sums:
+            passed = optimization_barrier(*sums[-1], *group)
+            sums[-1], group = tuple(passed[:2]), passed[2:]
+        scale = tf.constant(_OVERFLOW_SAFE_SCALE[dtype], dtype)
+        sums.append((
+            tf.reduce_sum(tf.add_n([tf.square(g) for g in group])),
+            tf.reduce_sum(tf.add_n([tf.square(g * scale) for g in group]))))
+        dtypes.append(dtype)
+    return sums, dtypes
+
+
 def all_finite(scaled_sums):
     """Whether every element is finite, from `gradient_sums`' second sums
     (an inf/NaN element makes its sum inf/NaN; a finite one cannot)."""
@@ -345,12 +374,16 @@ def update(grads, hyperparameters, update_count, state, settings):
                               settings)
     grads = [tf.cast(g, compute_dtype(v.weight.dtype))
              for g, v in zip(grads, state.variables)]
-    sums = gradient_sums(*grads, use_matvec=settings.use_matvec)
+    if settings.form == "sequenced" and not settings.clipnorm:
+        sums, sum_dtypes = gradient_sums_by_shape(grads)
+    else:
+        sums = gradient_sums(*grads, use_matvec=settings.use_matvec)
+        sum_dtypes = [g.dtype for g in grads]
     # Decided on the summed gradients: the whole step is dropped, on every
     # replica alike, or taken.
     finite = all_finite([tf.cast(scaled, _widest(grads))
                          for _, scaled in sums])
-    clippings = _clippings(grads, sums, settings)
+    clippings = _clippings(grads, sums, sum_dtypes, settings)
     # The scalars in each dtype the variables compute in (float64 ones
     # take their powers in float64; a float32-only program has no float64).
     values = {dtype: algorithm.StepValues.at(
@@ -470,6 +503,11 @@ def new_values(variable, weight, m_old, v_old, gradient, values, settings,
     r = algorithm.lamb_direction(
         m, v, weight, values.beta_1_power, values.beta_2_power,
         settings.epsilon, variable.weight_decay)
+    if variable.layer_adaptation and not variable.weight_decay:
+        # w made an operand of r (0 * w adds nothing to a finite w): libtpu
+        # then sums ||w||**2 in the kernel of ||r||**2, where without weight
+        # decay it took a kernel of its own (BERT-base: 204 kernels fewer).
+        r = r + 0.0 * weight
     ratio = _trust_ratio(variable, weight, r, settings, use_matvec=False)
     new_weight = _unless_nonfinite(
         finite, algorithm.apply_update(weight, r, values.learning_rate, ratio),
@@ -532,24 +570,26 @@ def _squared_sum_in(dtype, pair, pair_dtype):
                     plain)
 
 
-def _clippings(grads, sums, settings):
-    """For each gradient, the function that clips it as `settings` asks
-    (from `gradient_sums`' `sums` of all of them)."""
+def _clippings(grads, sums, sum_dtypes, settings):
+    """For each gradient, the function that clips it as `settings` asks,
+    from `sums`: `gradient_sums` pairs of dtypes `sum_dtypes`, one per
+    gradient (which `clipnorm` needs) or per group of them
+    (`gradient_sums_by_shape`)."""
     if settings.clipnorm:
         return [lambda g, pair=pair: algorithm.clip_by_global_norm(
                     [g], tf.cast(settings.clipnorm, g.dtype), norm(*pair))[0]
                 for pair in sums]
     if settings.global_clipnorm:
         dtype = _widest(grads)
-        squared = tf.add_n([_squared_sum_in(dtype, pair, g.dtype)
-                            for g, pair in zip(grads, sums)])
+        squared = tf.add_n([_squared_sum_in(dtype, pair, pair_dtype)
+                            for pair_dtype, pair in zip(sum_dtypes, sums)])
         # Each narrower dtype's scaled sum brought to the widest dtype's
         # scale (float32 and float64 variables mixed).
         scaled = tf.add_n([
-            scaled if g.dtype == dtype else
+            scaled if pair_dtype == dtype else
             tf.cast(scaled, dtype) * (_OVERFLOW_SAFE_SCALE[dtype]
-                                      / _OVERFLOW_SAFE_SCALE[g.dtype])**2
-            for g, (_, scaled) in zip(grads, sums)])
+                                      / _OVERFLOW_SAFE_SCALE[pair_dtype])**2
+            for pair_dtype, (_, scaled) in zip(sum_dtypes, sums)])
         scale = algorithm.clip_scale(
             tf.cast(settings.global_clipnorm, dtype), norm(squared, scaled))
         return [lambda g: g * tf.cast(scale, g.dtype)] * len(grads)
