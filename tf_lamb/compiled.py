@@ -394,8 +394,8 @@ def update(grads, hyperparameters, update_count, state, settings):
 
     def update_variables(finite):
         if settings.form == "sequenced":
-            return tf.stack(update_in_sequence(
-                state.variables, grads, clippings, values, settings, finite))
+            return update_in_sequence(
+                state.variables, grads, clippings, values, settings, finite)
         ratios = [update_variable(variable, clip(g), values[g.dtype],
                                   settings, finite)
                   for variable, g, clip in zip(state.variables, grads,
@@ -515,13 +515,17 @@ def new_values(variable, weight, m_old, v_old, gradient, values, settings,
     return _stored(ratio), new_weight, m, v
 
 
+# `update_in_sequence` stacks the trust ratios this many at a time.
+RATIOS_PER_STACK = 8
+
+
 def update_in_sequence(variables, grads, clippings, values, settings,
                        finite):
     """`new_values` of each variable in turn, last first, each
     finished before the next one starts: one variable's results and the
     next one's inputs pass through one optimization barrier; each gradient
-    is clipped (`clippings`) after its barrier. Returns phi of each
-    variable, in their order.
+    is clipped (`clippings`) after its barrier. Returns phi of the
+    variables, a vector in their order.
 
     Once the trust ratios are a result of the program, libtpu runs every
     variable's moments and norms before any weight update and stages the
@@ -529,6 +533,11 @@ def update_in_sequence(variables, grads, clippings, values, settings,
     130.7 B/param by its cost analysis; 71.1 in this sequence, keras Lamb
     71.2). Last first: the gradients checked last may still be in vector
     memory when their variables update.
+
+    The ratios are stacked `RATIOS_PER_STACK` at a time and the stacks
+    pass through the barriers: libtpu gives each scalar that stays live
+    a 16 KiB slot of device memory, and 204 ratios kept to the end (or
+    the two sums each is made of) were most of the step's scratch.
     """
     def assign(variable, results):
         ratio, new_weight, m, v = results
@@ -537,24 +546,37 @@ def update_in_sequence(variables, grads, clippings, values, settings,
         variable.weight.assign(tf.cast(new_weight, variable.weight.dtype))
         return ratio
 
-    ratios = {}
-    previous = None  # (index, variable, its results)
+    stacks, ratios = [], []
+
+    def keep(ratio):
+        ratios.append(ratio)
+        if len(ratios) == RATIOS_PER_STACK:
+            stacks.append(tf.stack(ratios))
+            del ratios[:]
+
+    previous = None  # (variable, its results)
     for i in reversed(range(len(variables))):
         variable, gradient = variables[i], grads[i]
         inputs = [tf.cast(variable.weight.read_value(), gradient.dtype),
                   variable.momentum.read_value(),
                   variable.velocity.read_value(), gradient]
         if previous is not None:
-            passed = optimization_barrier(*previous[2], *inputs)
-            ratios[previous[0]] = assign(previous[1], passed[:4])
+            passed = optimization_barrier(*stacks, *previous[1], *inputs)
+            stacks[:], passed = passed[:len(stacks)], passed[len(stacks):]
+            keep(assign(previous[0], passed[:4]))
             inputs = passed[4:]
         weight, m_old, v_old, gradient = inputs
-        previous = (i, variable, new_values(
+        previous = (variable, new_values(
             variable, weight, m_old, v_old, clippings[i](gradient),
             values[gradient.dtype], settings, finite))
     if previous is not None:
-        ratios[previous[0]] = assign(previous[1], previous[2])
-    return [ratios[i] for i in range(len(variables))]
+        keep(assign(*previous))
+    if ratios:
+        stacks.append(tf.stack(ratios))
+    if not stacks:
+        return tf.zeros([0])
+    # Kept last first.
+    return tf.reverse(tf.concat(stacks, 0), [0])
 
 
 def _squared_sum_in(dtype, pair, pair_dtype):
