@@ -233,11 +233,39 @@ def gradient_sums_by_shape(grads):
             passed = optimization_barrier(*sums[-1], *group)
             sums[-1], group = tuple(passed[:2]), passed[2:]
         scale = tf.constant(_OVERFLOW_SAFE_SCALE[dtype], dtype)
-        sums.append((
-            tf.reduce_sum(tf.add_n([tf.square(g) for g in group])),
-            tf.reduce_sum(tf.add_n([tf.square(g * scale) for g in group]))))
+        sums.append(_summed_together(
+            tf.add_n([tf.square(g) for g in group]),
+            tf.add_n([tf.square(g * scale) for g in group])))
         dtypes.append(dtype)
     return sums, dtypes
+
+
+def _summed_together(x, y):
+    """(sum(x), sum(y)) of two tensors of one shape and dtype, from one XLA
+    reduction of the pair (two reductions of 50 operands each were two
+    kernels on a TPU, each reading them all)."""
+    if _tf2xla is None or not hasattr(_tf2xla, "variadic_reduce"):
+        return tf.reduce_sum(x), tf.reduce_sum(y)
+    zero = tf.zeros([], x.dtype)
+    return tuple(_tf2xla.variadic_reduce(
+        [x, y], [zero, zero], list(range(x.shape.rank)),
+        _pair_sum(x.dtype)))
+
+
+def _pair_sum(dtype):
+    """The reducer of `_summed_together` for `dtype`."""
+    if dtype not in _PAIR_SUMS:
+        from tensorflow.python.framework import function
+
+        @function.Defun(dtype, dtype, dtype, dtype)
+        def pair_sum(x_sum, y_sum, x, y):
+            return x_sum + x, y_sum + y
+
+        _PAIR_SUMS[dtype] = pair_sum
+    return _PAIR_SUMS[dtype]
+
+
+_PAIR_SUMS = {}
 
 
 def all_finite(scaled_sums):
