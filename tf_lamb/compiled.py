@@ -11,8 +11,9 @@ fast and correctly:
   so there every norm of every variable is taken in one pass that writes
   nothing, small variables stacked, before one writing pass per variable
   (`update_grouped`); a TPU's compiler stages operands through its vector
-  memory, so there each variable is updated in turn, fenced from the next
-  (`update_in_sequence`);
+  memory, so there the gradients are checked a shape at a time
+  (`gradient_sums_by_shape`) and each variable is updated in turn, fenced
+  from the next (`update_in_sequence`);
 - with the all-or-nothing rule for inf/NaN gradients, gradient
   accumulation and EMA, each written so that XLA updates variables in place.
 
@@ -42,7 +43,8 @@ MATVEC_NORMS_ON_CPU = framework.major_minor(tf.__version__) >= (2, 21)
 # The forms of the update (Settings.form): "chained" takes each variable's
 # norms and update one after the other; "grouped" takes all norms first, in
 # few kernels (`update_grouped`); "sequenced" is chained with each variable
-# finished before the next one starts (`update_in_sequence`). Measured with
+# finished before the next one starts (`update_in_sequence`), after an
+# inf/NaN check of a kernel per shape (`gradient_sums_by_shape`). Measured with
 # each target's compiler (benchmarks.compile_for, docs/performance.md):
 # grouped launches a third of keras Lamb's kernels on an H100; on a TPU,
 # whose compiler stages operands through its vector memory, the stacks it
