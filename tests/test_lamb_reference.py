@@ -256,3 +256,31 @@ def test_beta_variables_are_read_at_every_step():
                        np.float32(0.99))
     assert max_relative_error([v.numpy() for v in variables],
                               reference.w) <= 1e-5
+
+
+def test_trust_ratios_of_more_variables_than_a_stack(device_kind):
+    """The TPU's form stacks the trust ratios a few at a time
+    (compiled.RATIOS_PER_STACK): with several stacks, some variables
+    excluded from adaptation and some sharing a shape, each ratio and each
+    weight is still the NumPy reference's, in the variables' order."""
+    from tf_lamb import compiled
+    count = 2 * compiled.RATIOS_PER_STACK + 3
+    rng = np.random.default_rng(21)
+    shapes = [(3 + i % 4, 2) if i % 3 else (5,) for i in range(count)]
+    initial = [rng.normal(size=s) * (1 + i) for i, s in enumerate(shapes)]
+    variables = [keras.Variable(np.asarray(w, np.float32), name=f"w{i}")
+                 for i, w in enumerate(initial)]
+    adapt = [i % 5 != 4 for i in range(count)]
+    optimizer = Lamb(learning_rate=0.01, weight_decay=0.01)
+    optimizer.exclude_from_layer_adaptation(
+        var_names=[f"w{i}" for i in range(count) if not adapt[i]])
+    reference = NumpyLamb(initial, [0.01] * count, adapt)
+    for _ in range(3):
+        grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        optimizer.apply_gradients(zip(map(tf.constant, grads), variables))
+        reference.step(grads, 0.01, 0.9, 0.999)
+    np.testing.assert_allclose(optimizer.trust_ratios.numpy(),
+                               reference.trust_ratios, rtol=1e-5)
+    assert len(set(np.round(reference.trust_ratios, 6))) > count // 2
+    assert max_relative_error([v.numpy() for v in variables],
+                              reference.w) <= 1e-5
