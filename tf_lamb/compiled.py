@@ -246,18 +246,27 @@ def _summed_together(x, y):
     """(sum(x), sum(y)) of two tensors of one shape and dtype, from one XLA
     reduction of the pair (two reductions of 50 operands each were two
     kernels on a TPU, each reading them all)."""
-    if _tf2xla is None or not hasattr(_tf2xla, "variadic_reduce"):
+    reducer = _pair_sum(x.dtype)
+    if reducer is None:
         return tf.reduce_sum(x), tf.reduce_sum(y)
     zero = tf.zeros([], x.dtype)
     return tuple(_tf2xla.variadic_reduce(
-        [x, y], [zero, zero], list(range(x.shape.rank)),
-        _pair_sum(x.dtype)))
+        [x, y], [zero, zero], list(range(x.shape.rank)), reducer))
 
 
 def _pair_sum(dtype):
-    """The reducer of `_summed_together` for `dtype`."""
+    """The reducer of `_summed_together` for `dtype`; None where this
+    TensorFlow lacks XLA's variadic reduction or the function form it
+    takes."""
     if dtype not in _PAIR_SUMS:
-        from tensorflow.python.framework import function
+        try:
+            from tensorflow.python.framework import function
+        except ImportError:  # pragma: no cover
+            function = None
+        if (function is None or _tf2xla is None
+                or not hasattr(_tf2xla, "variadic_reduce")):
+            _PAIR_SUMS[dtype] = None
+            return None
 
         @function.Defun(dtype, dtype, dtype, dtype)
         def pair_sum(x_sum, y_sum, x, y):
@@ -565,8 +574,8 @@ def update_in_sequence(variables, grads, clippings, values, settings,
     memory when their variables update.
 
     The ratios are stacked `RATIOS_PER_STACK` at a time and the stacks
-    pass through the barriers: libtpu gives each scalar that stays live
-    a 16 KiB slot of device memory, and 204 ratios kept to the end (or
+    pass through the barriers: in libtpu's buffer assignment the scalars
+    that stay live sit 16 KiB apart, and 204 ratios kept to the end (or
     the two sums each is made of) were most of the step's scratch.
     """
     def assign(variable, results):
