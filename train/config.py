@@ -20,7 +20,7 @@ import os
 from typing import Optional, Tuple
 
 from tf_lamb import check_arguments as check_lamb_arguments
-from tf_lamb.distribute import STRATEGIES
+from tf_lamb.distribute import STRATEGIES, is_tpu_name
 from train import examples
 from train.errors import InputError
 from train import accelerators, compile_plan
@@ -73,6 +73,9 @@ class PretrainConfig:
     # -- where things run
     strategy: str = "one_device"
     tpu: Optional[str] = None
+    # A TPU given by name: its zone and project, when not this VM's.
+    tpu_zone: Optional[str] = None
+    gcp_project: Optional[str] = None
     num_gpus: Optional[int] = None
     worker_wait_seconds: int = 0  # multi_worker; 0: as long as it takes
     # -- model
@@ -289,6 +292,7 @@ def _check_choices(c):
     if c.tpu and c.strategy != "tpu":
         raise InputError(f"--tpu needs --strategy=tpu (got --strategy="
                          f"{c.strategy})")
+    _check_tpu_location(c)
     if c.worker_wait_seconds and c.strategy != "multi_worker":
         raise InputError(f"--worker_wait_seconds needs "
                          f"--strategy=multi_worker (got --strategy="
@@ -299,6 +303,23 @@ def _check_choices(c):
     if c.mixed_precision == "mixed_float16" and c.strategy == "tpu":
         raise InputError("TPUs do not run float16; use "
                          "--mixed_precision=mixed_bfloat16")
+
+
+def _check_tpu_location(c):
+    """--tpu_zone and --gcp_project locate a TPU given by name (the Cloud
+    TPU API looks it up); `local` and grpc:// addresses need neither."""
+    located = [n for n in ("tpu_zone", "gcp_project") if getattr(c, n)]
+    if not located:
+        return
+    flags = " and ".join(f"--{n}" for n in located)
+    plural = len(located) > 1
+    if c.strategy != "tpu":
+        raise InputError(f"{flags} {'need' if plural else 'needs'} "
+                         f"--strategy=tpu and --tpu=<TPU name> (got "
+                         f"--strategy={c.strategy})")
+    if c.tpu and not is_tpu_name(c.tpu):
+        raise InputError(f"{flags} {'locate' if plural else 'locates'} a TPU "
+                         f"given by name; --tpu={c.tpu} needs neither")
 
 
 def _check_counts(c):

@@ -47,9 +47,18 @@ def define_flags():
                       "tf.distribute strategy. multi_worker reads the "
                       "cluster from the TF_CONFIG environment variable.")
     flags.DEFINE_string("tpu", _default("tpu"),
-                        "TPU name or grpc:// address (only with "
-                        "--strategy=tpu); empty: TPU_NAME or the local TPU "
-                        "VM.")
+                        "With --strategy=tpu, which TPU: 'local' (on a "
+                        "Cloud TPU VM, the VM's own TPU), the TPU's name "
+                        "(a pod slice: run on its worker 0 only; see "
+                        "docs/pretraining.md) or grpc://host:port. Empty: "
+                        "the TPU_NAME environment variable; with neither "
+                        "the run stops with an error.")
+    flags.DEFINE_string("tpu_zone", _default("tpu_zone"),
+                        "Zone of the TPU --tpu names (default: this VM's, "
+                        "from its metadata server).")
+    flags.DEFINE_string("gcp_project", _default("gcp_project"),
+                        "Google Cloud project of the TPU --tpu names "
+                        "(default: this VM's, from its metadata server).")
     flags.DEFINE_integer("num_gpus", _default("num_gpus"),
                          "GPUs to use with one_device/mirrored (0: the "
                          "CPU); default: all visible GPUs, else the CPU.")

@@ -74,8 +74,9 @@ def make_strategy(config):
     if multi_worker:
         wait_for_workers(config.worker_wait_seconds)
     try:
-        strategy = distribute.make_strategy(config.strategy, tpu=config.tpu,
-                                            num_gpus=config.num_gpus)
+        strategy = distribute.make_strategy(
+            config.strategy, tpu=config.tpu, num_gpus=config.num_gpus,
+            tpu_zone=config.tpu_zone, gcp_project=config.gcp_project)
     except ValueError as error:
         raise InputError(str(error)) from None
     if multi_worker and (
