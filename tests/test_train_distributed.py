@@ -6,12 +6,17 @@ import json
 import os
 import re
 import signal
+import tempfile
+import threading
 import time
 
 import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
+from train import PretrainConfig, run_pretraining
+from train import scratch
+from train import trainer as trainer_lib
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--warmup_steps=1", "--shuffle_buffer=100", "--log_steps=1",
@@ -65,6 +70,41 @@ def test_mirrored_two_replicas(records, tmp_path):
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-4")
 
 
+class _Watch:
+    """Every path that appears under `directory` while it runs, polled
+    (what a process makes and deletes before it ends is seen too)."""
+
+    def __init__(self, directory):
+        self.directory, self.seen = str(directory), set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while True:
+            for root, dirs, files in os.walk(self.directory):
+                self.seen.update(os.path.relpath(os.path.join(root, name),
+                                                 self.directory)
+                                 for name in dirs + files)
+            if self._stop.wait(0.05):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+
+    def written(self):
+        """What appeared, less the Python source TensorFlow's autograph
+        writes there for each function it converts, in every process (the
+        chief's too), and deletes when the process exits."""
+        return {path for path in self.seen
+                if not re.fullmatch(r"__autograph_generated_file\w+\.py",
+                                    path)}
+
+
 def test_multi_worker_two_processes(records, tmp_path):
     model_dir = tmp_path / "run"
     args = ["-m", "train.pretrain"] + SMALL + records + [
@@ -72,7 +112,16 @@ def test_multi_worker_two_processes(records, tmp_path):
         "--num_train_steps=4", "--save_checkpoints_steps=2",
         "--train_batch_size=8"]
     logs = [str(tmp_path / f"worker{index}.log") for index in range(2)]
-    codes = _testing.run_workers([args, args], logs, timeout=300)
+    # A temporary directory of each worker's own, watched while they run:
+    # the non-chief's must stay empty (its checkpoints go to ram://).
+    temps = [tmp_path / f"tmp{index}" for index in range(2)]
+    for temp in temps:
+        temp.mkdir()
+    with _Watch(temps[1]) as other_temp:
+        codes = _testing.run_workers(
+            [args, args], logs, timeout=300,
+            envs=[{"TMPDIR": str(temp)} for temp in temps])
+    assert other_temp.written() == set()
     texts = [open(log).read() for log in logs]
     assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
     chief, other = texts
@@ -84,6 +133,51 @@ def test_multi_worker_two_processes(records, tmp_path):
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-4")
     assert (model_dir / "export" / "saved_model.pb").exists()
     assert sorted(os.listdir(model_dir / "train"))
+
+
+def test_a_worker_that_is_not_the_chief_writes_only_to_memory(
+        tmp_path, monkeypatch):
+    """A whole run as a non-chief worker (examples made from text, held-out
+    evaluation, checkpoints, a divergence guard): model_dir is never made,
+    nothing appears under the temporary directory, and the ram:// work
+    directory that held its files is gone at the end."""
+    corpus = _testing.write_small_corpus(str(tmp_path / "corpus.txt"), 150)
+    model_dir = tmp_path / "run"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(trainer_lib, "is_chief", lambda strategy: False)
+    held = {}
+    remove = scratch.remove
+
+    def listing_then_remove(directory):
+        held["work_dir"] = directory
+        for name in ("checkpoints", "data"):
+            held[name] = sorted(os.path.basename(path) for path in
+                                tf.io.gfile.glob(f"{directory}{name}/*"))
+        remove(directory)
+        held["after"] = tf.io.gfile.exists(directory)
+
+    monkeypatch.setattr(scratch, "remove", listing_then_remove)
+    with _Watch(temp) as watched:
+        result = run_pretraining(PretrainConfig(
+            model_dir=str(model_dir), input_file=(corpus,),
+            num_train_steps=4, save_checkpoints_steps=2, log_steps=2,
+            max_seq_length=32, max_predictions_per_seq=5, warmup_steps=1,
+            train_batch_size=8, dupe_factor=1, vocab_size=500,
+            heldout_share=0.2))
+    assert result["step"] == 4
+    assert not model_dir.exists()
+    assert watched.written() == set()
+    work_dir = held["work_dir"]
+    assert re.fullmatch(r"ram://worker-\d+-[0-9a-f]{32}/", work_dir)
+    assert held["data"] == ["heldout.tfrecord", "metadata.json",
+                            "phase1.tfrecord", "vocab.txt"]
+    # One copy kept: the newest, which a divergence would go back to.
+    assert held["checkpoints"] == ["checkpoint", "ckpt-4.data-00000-of-00001",
+                                   "ckpt-4.index"]
+    assert result["vocab_file"].startswith(work_dir)
+    assert held["after"] is False
 
 
 def _lone_worker(tmp_path, name, *args):

@@ -23,10 +23,8 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 
@@ -47,6 +45,7 @@ from train import modeling
 from train import preemption
 from train import run_checkpoints
 from train import schedule
+from train import scratch
 from train import tokenization
 from train import trainer as trainer_lib
 from train.controller import Controller
@@ -547,8 +546,8 @@ def run_pretraining(config, strategy=None, record_files=None,
     checked = _check(config, strategy)
     # -- from here on, files are written ---------------------------------------
     chief = trainer_lib.is_chief(strategy)
-    work_dir = (config.model_dir if chief
-                else tempfile.mkdtemp(prefix="worker_"))
+    # A non-chief's examples and checkpoint copies: in memory (scratch.py).
+    work_dir = config.model_dir if chief else scratch.memory_dir("worker")
     # The run's precision is Keras' global policy while it builds its
     # model; the caller's is given back when it returns (the model keeps
     # the policy it was built with).
@@ -562,7 +561,7 @@ def run_pretraining(config, strategy=None, record_files=None,
         saved = run_checkpoints.RunCheckpoints(
             trainer, config.model_dir if chief
             else os.path.join(work_dir, "checkpoints"),
-            config.keep_checkpoint_max)
+            config.keep_checkpoint_max if chief else 1)
         start_step = _restore_or_initialise(config, trainer, saved)
         if chief:
             _warn_if_schedule_changed(config, checked, trainer, start_step)
@@ -597,4 +596,4 @@ def run_pretraining(config, strategy=None, record_files=None,
     finally:
         keras.mixed_precision.set_global_policy(caller_policy)
         if not chief:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            scratch.remove(work_dir)

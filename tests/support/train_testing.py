@@ -160,11 +160,12 @@ def parse_flags(argv):
     return flags.FLAGS
 
 
-def run_workers(commands, log_paths, timeout):
+def run_workers(commands, log_paths, timeout, envs=None):
     """Starts one `python command...` per worker of a cluster on 127.0.0.1,
-    each with its TF_CONFIG, and waits until all exit, one fails or
-    `timeout` seconds pass; kills what is left by pid. Returns the exit
-    codes (None for a worker that was still running)."""
+    each with its TF_CONFIG (and the variables of its dict in `envs`), and
+    waits until all exit, one fails or `timeout` seconds pass; kills what
+    is left by pid. Returns the exit codes (None for a worker that was
+    still running)."""
     ports = free_ports(len(commands))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
@@ -173,8 +174,9 @@ def run_workers(commands, log_paths, timeout):
                                                         log_paths)):
             tf_config = {"cluster": cluster,
                          "task": {"type": "worker", "index": index}}
-            processes.append(start(command, log_path,
-                                   TF_CONFIG=json.dumps(tf_config)))
+            env = dict(envs[index]) if envs else {}
+            env["TF_CONFIG"] = json.dumps(tf_config)
+            processes.append(start(command, log_path, **env))
         deadline = time.time() + timeout
         while time.time() < deadline and any(
                 p.poll() is None for p in processes):
