@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import optimizer_step, train_step
+from benchmarks import optimizer_step, startup, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,6 +111,18 @@ def test_train_step_in_process():
     # Same seed and data: the optimizers start from the same loss.
     losses = {c["first_loss"] for c in result["candidates"].values()}
     assert len(losses) == 1
+    json.dumps(result)
+
+
+def test_startup_times_check_files_on_shards(tmp_path):
+    result = startup.main(["--shards=3", "--records=5", "--seq_len=16",
+                           "--predictions=3", "--repeats=2",
+                           f"--dir={tmp_path}"])
+    assert result["shards"] == 3 and len(result["check_files_s"]) == 2
+    assert all(_positive(t) for t in result["check_files_s"])
+    assert result["min_s"] <= result["median_s"]
+    assert result["shard_bytes"] == os.path.getsize(
+        tmp_path / "shard-00002.tfrecord")
     json.dumps(result)
 
 
