@@ -53,6 +53,12 @@ def resolve_checkpoint(path):
     """
     if not path:
         raise ValueError("No checkpoint path given")
+    prefix = _FILE_SUFFIX.sub("", path)
+    # A checkpoint is found by its .index file first: on some file systems
+    # (TensorFlow's ram://) a string prefix of a file also counts as a
+    # directory, so `.../ckpt-12` would pass for one.
+    if _has_index(prefix):
+        return prefix
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest:
@@ -69,9 +75,6 @@ def resolve_checkpoint(path):
                 f"the newest; pass one of them as {path}/<prefix>")
         raise ValueError(f"Directory {path} holds no checkpoint (no "
                          f"'checkpoint' file and no *.index file)")
-    prefix = _FILE_SUFFIX.sub("", path)
-    if _has_index(prefix):
-        return prefix
     raise ValueError(f"{path} is neither a checkpoint (there is no "
                      f"{prefix}.index) nor a directory holding one")
 
@@ -210,7 +213,10 @@ def _fitting_plan(model, path):
     else:
         prefix = resolve_checkpoint(path)
         try:
-            reader = tf.train.load_checkpoint(prefix)
+            # The reader of the prefix itself: tf.train.load_checkpoint
+            # first asks whether the path is a directory, which a prefix is
+            # on ram:// (see resolve_checkpoint).
+            reader = tf.compat.v1.train.NewCheckpointReader(prefix)
         except (tf.errors.OpError, ValueError) as error:
             raise ValueError(f"Cannot read checkpoint {prefix}: "
                              f"{error}") from None

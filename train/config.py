@@ -23,6 +23,7 @@ from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES, is_tpu_name
 from train import examples
 from train.errors import InputError
+from train import paths
 from train import accelerators, compile_plan
 from train.modeling import MODEL_SIZES
 from train.schedule import GradientAccumulation
@@ -445,8 +446,7 @@ def _check_examples(c):
 
 def _check_outputs_and_mode(c):
     """The export path, and what each --mode reads."""
-    if c.export_path and os.path.abspath(c.export_path) == os.path.abspath(
-            c.model_dir):
+    if c.export_path and paths.same(c.export_path, c.model_dir):
         raise InputError("--export_dir must differ from --model_dir")
     if c.evaluates and not c.eval_files:
         raise InputError(f"--mode={c.mode} needs --eval_files")

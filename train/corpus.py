@@ -107,10 +107,9 @@ def stdlib_documents(max_documents=None, root=None):
 def write_text_corpus(documents, path):
     """Writes documents in the pretraining text format: one sentence per
     line, a blank line between documents."""
-    with open(path, "w", encoding="utf-8") as f:
-        for document in documents:
-            f.write("\n".join(document))
-            f.write("\n\n")
+    with tf.io.gfile.GFile(str(path), "w") as f:
+        f.write("".join("\n".join(document) + "\n\n"
+                        for document in documents))
 
 
 def read_documents(patterns):

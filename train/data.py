@@ -20,6 +20,7 @@ import tensorflow as tf
 from train import corpus
 from train import examples
 from train import input_pipeline
+from train import paths
 from train import tokenization
 from train.errors import InputError
 
@@ -173,7 +174,7 @@ def _examples_key(config, source, phases, vocab_target):
     return {
         "source": source.description,
         "phases": [[p.seq_length, p.predictions] for p in phases],
-        "vocab_file": (os.path.abspath(config.vocab_file)
+        "vocab_file": (paths.absolute(config.vocab_file)
                        if config.vocab_file else None),
         "vocab_size": vocab_target,
         "masked_lm_prob": config.masked_lm_prob,

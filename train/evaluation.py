@@ -31,6 +31,7 @@ import tensorflow as tf
 from train import input_pipeline
 from train import metrics
 from train import modeling
+from train import paths
 from train.metrics import scalar_summary
 
 # The sums each replica returns for its batch, added over replicas and steps.
@@ -311,13 +312,10 @@ def write_eval_results(model_dir, metrics, echo=True):
     """
     step = int(metrics["global_step"])
     tf.io.gfile.makedirs(model_dir)
-    path = os.path.join(model_dir, RESULTS_FILE)
-    staging = path + ".tmp"
-    with tf.io.gfile.GFile(staging, "w") as fh:
-        fh.write(format_eval_results(metrics))
-    tf.io.gfile.rename(staging, path, overwrite=True)
+    path = paths.write_atomically(os.path.join(model_dir, RESULTS_FILE),
+                                  format_eval_results(metrics))
 
-    logdir = os.path.abspath(os.path.join(model_dir, EVAL_SUBDIR))
+    logdir = paths.absolute(os.path.join(model_dir, EVAL_SUBDIR))
     writer = _writers.get(logdir)
     if writer is None or not tf.io.gfile.isdir(logdir):
         # One events file per directory and process, however many evals.

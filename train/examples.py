@@ -14,6 +14,7 @@ import random
 
 import tensorflow as tf
 
+from train import paths
 from train.tokenization import SPECIAL_TOKENS
 
 # Changes whenever the same text, vocabulary size and flags give other
@@ -204,7 +205,13 @@ def instance_to_example(instance, max_seq_length, max_predictions):
 
 def write_instances(instances, output_files, max_seq_length,
                     max_predictions):
-    """Writes the examples round-robin into `output_files`."""
+    """Writes the examples round-robin into `output_files`, replacing
+    them."""
+    for path in output_files:
+        # A writer opened on an existing file appends on some file systems
+        # (TensorFlow's ram://); Cloud Storage and local disks replace it.
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
     writers = [tf.io.TFRecordWriter(path) for path in output_files]
     try:
         for i, instance in enumerate(instances):
@@ -219,9 +226,8 @@ def write_instances(instances, output_files, max_seq_length,
 
 
 def write_metadata(path, **values):
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-        f.write("\n")
+    paths.write_atomically(path, json.dumps(values, indent=2,
+                                            sort_keys=True) + "\n")
 
 
 def check_flags(max_seq_length, max_predictions, masked_lm_prob,

@@ -55,6 +55,7 @@ from train import checkpoints  # noqa: E402
 from train import hub_module  # noqa: E402
 from train import huggingface  # noqa: E402
 from train import modeling  # noqa: E402
+from train import paths  # noqa: E402
 from train.errors import InputError  # noqa: E402
 from train.hub_module import EncoderLayer, load_encoder_layer  # noqa: E402
 
@@ -172,8 +173,7 @@ def load_run(model_dir, checkpoint=None, require_vocab=True):
 
 
 def _check_output_dir(output_dir, model_dir, overwrite):
-    out, run = os.path.abspath(output_dir), os.path.abspath(model_dir)
-    if out == run or run.startswith(out + os.sep):
+    if paths.inside(model_dir, output_dir):
         raise InputError(f"--output_dir {output_dir} must not be or hold "
                          f"--model_dir {model_dir}")
     if tf.io.gfile.exists(output_dir):

@@ -42,6 +42,7 @@ from train import export
 from train import input_pipeline
 from train import model_setup
 from train import modeling
+from train import paths
 from train import preemption
 from train import run_checkpoints
 from train import schedule
@@ -330,16 +331,13 @@ def _reading(files, seq_length, predictions):
 
 
 
-def _write_run_files(config, checked, chief, work_dir, record_files):
-    """Makes the examples when the data is text, and writes the model's
-    config, vocabulary and `record_files` into model_dir (the chief only);
-    returns (phases with their files, vocab file, BertConfig, held-out
-    examples or None)."""
+def _prepare_data(config, checked, work_dir):
+    """Makes the examples when the data is text (or reuses those made
+    before); returns (phases with their files, vocab file, BertConfig,
+    held-out examples or None)."""
     phases, bert_config = checked.phases, checked.bert_config
-    model_dir, vocab_file = config.model_dir, config.vocab_file
+    vocab_file = config.vocab_file
     heldout = None
-    if chief:
-        tf.io.gfile.makedirs(model_dir)
     if checked.source is not None:
         phases, vocab_file, heldout = data.prepare_examples(
             os.path.join(work_dir, "data"), checked.source, phases, config,
@@ -348,20 +346,26 @@ def _write_run_files(config, checked, chief, work_dir, record_files):
         bert_config = modeling.BertConfig.for_size(
             config.model_size_name, len(tokenization.read_vocab(vocab_file)))
         model_setup.check_model_dir(config, bert_config)
-    if not (chief and config.trains):
-        return phases, vocab_file, bert_config, heldout
+    return phases, vocab_file, bert_config, heldout
+
+
+def _write_run_files(config, phases, bert_config, vocab_file, record_files):
+    """Writes the model's config, the schedule, the vocabulary and
+    `record_files` into model_dir (the chief only, once the checkpoint has
+    been restored: a run that stops on a checkpoint it cannot read leaves
+    the files of the run that wrote it as they were). Each file is written
+    whole under a new name, then renamed over the old one."""
+    model_dir = config.model_dir
     files = dict(record_files or {})
     files["bert_config.json"] = bert_config.to_json_string()
     files[SCHEDULE_FILE] = json.dumps(trainer_lib.make_schedule(
         config, phases).get_config(), indent=2) + "\n"
     for name, text in files.items():
-        with tf.io.gfile.GFile(os.path.join(model_dir, name), "w") as fh:
-            fh.write(text)
-    if vocab_file and os.path.abspath(vocab_file) != os.path.abspath(
-            os.path.join(model_dir, "vocab.txt")):
-        tf.io.gfile.copy(vocab_file, os.path.join(model_dir, "vocab.txt"),
-                         overwrite=True)
-    return phases, vocab_file, bert_config, heldout
+        paths.write_atomically(os.path.join(model_dir, name), text)
+    run_vocab = os.path.join(model_dir, "vocab.txt")
+    if vocab_file and not paths.same(vocab_file, run_vocab):
+        paths.write_atomically(run_vocab, tf.io.gfile.GFile(
+            vocab_file, "rb").read())
 
 
 def _evaluate_heldout(config, trainer, phase, heldout, chief):
@@ -553,8 +557,10 @@ def run_pretraining(config, strategy=None, record_files=None,
     # the policy it was built with).
     caller_policy = keras.mixed_precision.global_policy()
     try:
-        phases, vocab_file, bert_config, heldout = _write_run_files(
-            config, checked, chief, work_dir, record_files)
+        if chief:
+            tf.io.gfile.makedirs(config.model_dir)
+        phases, vocab_file, bert_config, heldout = _prepare_data(
+            config, checked, work_dir)
         keras.mixed_precision.set_global_policy(config.mixed_precision)
         trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
                                       optimizer_fn)
@@ -563,6 +569,9 @@ def run_pretraining(config, strategy=None, record_files=None,
             else os.path.join(work_dir, "checkpoints"),
             config.keep_checkpoint_max if chief else 1)
         start_step = _restore_or_initialise(config, trainer, saved)
+        if chief and config.trains:
+            _write_run_files(config, phases, bert_config, vocab_file,
+                             record_files)
         if chief:
             _warn_if_schedule_changed(config, checked, trainer, start_step)
         evaluate = _evaluation(config, checked, trainer, chief)

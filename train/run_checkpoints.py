@@ -7,8 +7,6 @@ runs' checkpoints into a model.)
 
 import os
 import re
-import shutil
-import tempfile
 
 import tensorflow as tf
 
@@ -18,7 +16,13 @@ from train.errors import DivergenceError
 
 def listed_checkpoints(directory):
     """The checkpoints the `checkpoint` state file of `directory` lists,
-    newest first (whether or not their files are intact)."""
+    newest first (whether or not their files are intact).
+
+    `tf.train.get_checkpoint_state` has already joined `directory` onto
+    the relative paths the state file holds (with `os.path.isabs`, which
+    is False for `runs/x` and for every `gs://` path): joining again would
+    name `runs/x/runs/x/ckpt-5`.
+    """
     if not tf.io.gfile.isdir(directory):
         return []
     state = tf.train.get_checkpoint_state(directory)
@@ -26,8 +30,7 @@ def listed_checkpoints(directory):
         return []
     paths = list(state.all_model_checkpoint_paths) or [
         state.model_checkpoint_path]
-    return [p if os.path.isabs(p) else os.path.join(directory, p)
-            for p in reversed(paths)]
+    return list(reversed(paths))
 
 
 # TensorFlow's decorations of an op's error message.
@@ -117,36 +120,37 @@ class RunCheckpoints:
 
 
 class DivergenceGuard:
-    """Sends a diverged run back to its newest good checkpoint (or, before
-    the first one, to the state it started from), at most `max_trials`
-    times; then raises DivergenceError."""
+    """Sends a diverged run back to its newest good checkpoint, at most
+    `max_trials` times; then raises DivergenceError.
+
+    A run that starts with no checkpoint saves its starting state as the
+    first one (`ckpt-<step>`, normally ckpt-0) in the run's directory: the
+    point a divergence before the first regular save goes back to, and
+    what a run preempted that early resumes from. It is an ordinary
+    checkpoint, rotated out like the others, so nothing is left behind on
+    the host's disk.
+    """
 
     def __init__(self, trainer, checkpoints, config):
         self.trainer = trainer
         self.checkpoints = checkpoints
         self.config = config
         self.trials = 0
-        self._start_dir = None
 
     def __enter__(self):
         if self.config.recovery_max_trials and (
                 self.checkpoints.newest is None):
-            self._start_dir = tempfile.mkdtemp(prefix="start_state_")
-            self._start = self.trainer.checkpoint.write(
-                os.path.join(self._start_dir, "start"))
+            self.checkpoints.save(int(self.trainer.step.numpy()))
         return self
 
     def __exit__(self, *exc_info):
-        if self._start_dir:
-            shutil.rmtree(self._start_dir, ignore_errors=True)
         return False
 
     def recover(self, step, loss):
         """Restores the recovery point after update `step` diverged with
         `loss`; returns the update restored."""
         rate = self.trainer.learning_rate(step - 1)
-        back_to = self.checkpoints.newest or (
-            self._start if self._start_dir else None)
+        back_to = self.checkpoints.newest
         if self.trials >= self.config.recovery_max_trials or not back_to:
             resume = (f"rerun to resume from {self.checkpoints.newest}"
                       if self.checkpoints.newest else "rerun")
@@ -157,10 +161,7 @@ class DivergenceGuard:
                 f"recovery trial(s). Lower --learning_rate (or lengthen "
                 f"--warmup_steps), then {resume}")
         self.trials += 1
-        if back_to == self.checkpoints.newest:
-            self.checkpoints.restore(back_to)
-        else:
-            self.trainer.checkpoint.read(back_to).assert_existing_objects_matched()
+        self.checkpoints.restore(back_to)
         restored = int(self.trainer.step.numpy())
         print(f"Warning: loss {loss:.4g} at update {step} (learning rate "
               f"{rate:.4g}); back to update {restored} ({back_to}), trial "

@@ -18,6 +18,8 @@ import unicodedata
 
 import tensorflow as tf
 
+from train import paths
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # Google's tokenization (tokenization.py of google-research/bert).  Every
@@ -264,8 +266,7 @@ def _reason(error, path):
 
 
 def write_vocab(vocab, path):
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write("".join(token + "\n" for token in vocab))
+    paths.write_atomically(path, "".join(token + "\n" for token in vocab))
 
 
 def read_vocab(path):
