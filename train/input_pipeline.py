@@ -1,13 +1,15 @@
 """tf.data input for pretraining: TFRecords in Google BERT's format.
 
 Every shape is static and every batch full (drop_remainder), as TPUs need.
-The order of the examples depends only on the seed, so that a resumed run
-can skip the batches it already trained on and see the same data as an
-uninterrupted one.
+The order of the examples depends only on the seed and the pipeline layout
+(`train.data_order`), so that a resumed run sees the same data as an
+uninterrupted one, starting where it stopped without reading what it
+already trained on.
 """
 
 import tensorflow as tf
 
+from train import data_order
 from train.errors import DataError  # noqa: F401 (with the checks below)
 # The checks of the files, re-exported: callers use input_pipeline's names.
 from train.record_checks import (  # noqa: F401
@@ -49,36 +51,40 @@ def matching_files(patterns, kind):
 
 
 def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
-               seed, batches_to_skip=0, shuffle_buffer=10000):
+               seed, batches_to_skip=0, shuffle_buffer=10000,
+               start_positions=None):
     """A function for `strategy.distribute_datasets_from_function`.
 
-    `global_batch_size` is the batch of one micro-step over all replicas;
-    `batches_to_skip` counts per-replica batches per input pipeline.
+    `global_batch_size` is the batch of one micro-step over all replicas.
+    The order is `train.data_order`'s, a function of the seed and the
+    pipeline layout only; each batch carries its examples' positions
+    under `data_order.POSITION_KEY`. `start_positions`, per input
+    pipeline, is the (block, index) its stream starts at (a resume
+    without replay); else `batches_to_skip` per-replica batches per input
+    pipeline are read and dropped (before parsing).
     """
     files = list(files)
 
     def make(input_context):
         batch = input_context.get_per_replica_batch_size(global_batch_size)
-        pipelines = input_context.num_input_pipelines
         pipeline = input_context.input_pipeline_id
-        dataset = tf.data.Dataset.from_tensor_slices(files)
-        shard_files = pipelines > 1 and len(files) >= pipelines
-        if shard_files:
-            dataset = dataset.shard(pipelines, pipeline)
-        dataset = dataset.repeat().shuffle(len(files), seed=seed)
-        dataset = dataset.interleave(
-            tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if pipelines > 1 and not shard_files:
-            dataset = dataset.shard(pipelines, pipeline)
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed + 1)
-        dataset = dataset.batch(batch, drop_remainder=True)
-        dataset = dataset.map(
-            lambda records: parse_batch(records, max_seq_length,
-                                        max_predictions),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        start = (0, 0) if start_positions is None else (
+            start_positions[pipeline])
+        dataset = data_order.stream(
+            files, seed, shuffle_buffer,
+            pipelines=input_context.num_input_pipelines, pipeline=pipeline,
+            start=start)
         if batches_to_skip:
-            dataset = dataset.skip(batches_to_skip)
+            dataset = dataset.skip(batches_to_skip * batch)
+        dataset = dataset.batch(batch, drop_remainder=True)
+
+        def parse(records, tags):
+            features = parse_batch(records, max_seq_length, max_predictions)
+            features[data_order.POSITION_KEY] = tags
+            return features
+
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
         dataset = dataset.with_options(options)

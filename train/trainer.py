@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from tf_lamb import Lamb
+from train import data_order
 from train import input_pipeline
 from train import metrics
 from train import modeling
@@ -135,11 +136,15 @@ class Trainer:
             self._last_signals = tf.Variable(tf.zeros([len(_SIGNALS) + 2]),
                                              trainable=False,
                                              name="last_signals")
+            # Where each replica is in the data (kept in the checkpoint,
+            # so that a resumed run starts there without replaying).
+            self.data_position = data_order.PositionState(self.replicas)
         self.loss_upper_bound = float(config.loss_upper_bound)
         self.variables = self.model.trainable_variables
-        self.checkpoint = tf.train.Checkpoint(
+        self.checkpoint = data_order.TrainingCheckpoint(
             model=self.model, optimizer=self.optimizer, step=self.step,
-            skipped_updates=self.skipped_updates)
+            skipped_updates=self.skipped_updates,
+            data_position=self.data_position)
         self.static_scale = config.loss_scale_factor
         self._compiled = tf.function(self._forward_backward,
                                      jit_compile=config.jit_compile,
@@ -179,6 +184,12 @@ class Trainer:
 
     def _replica_step(self, features, micro_step):
         context = tf.distribute.get_replica_context()
+        # The examples' positions in the data are the trainer's, not the
+        # model's: recorded for a resume, then left out of the features.
+        features = dict(features)
+        tags = features.pop(data_order.POSITION_KEY, None)
+        if tags is not None:
+            self.data_position.record(tags, context)
         # Dropout masks depend on the seed, the micro-step and the replica
         # only, so a resumed run draws the same ones.
         seed = tf.random.experimental.stateless_fold_in(
@@ -292,14 +303,46 @@ class Trainer:
 
     def distributed_iterator(self, phase_index, updates_done):
         """An iterator over `phases[phase_index]`'s data that starts after
-        the micro-batches of its first `updates_done` updates."""
+        the micro-batches of its first `updates_done` updates: at the
+        position the checkpoint restored holds (nothing already trained on
+        is read), else (an older checkpoint, another layout) by replaying
+        the data from the phase's start, with a warning."""
         phase = self.phases[phase_index]
         pipelines = max(1, input_pipelines(self.strategy))
-        micro_batches = self.accumulation.first_call(updates_done)
+        micro_batch = self.accumulation.micro_batch_size(phase.batch_size)
+        seed = self.config.seed + 1000 * phase_index
+        layout = data_order.layout(
+            phase_index, seed, pipelines, self.replicas,
+            micro_batch // self.replicas, len(phase.files),
+            self.config.shuffle_buffer)
+        starts, skip = self._resume_points(layout, pipelines, updates_done)
         fn = input_pipeline.dataset_fn(
-            phase.files, self.accumulation.micro_batch_size(phase.batch_size),
-            phase.seq_length, phase.predictions,
-            seed=self.config.seed + 1000 * phase_index,
-            batches_to_skip=micro_batches * self.replicas // pipelines,
-            shuffle_buffer=self.config.shuffle_buffer)
+            phase.files, micro_batch, phase.seq_length, phase.predictions,
+            seed=seed, batches_to_skip=skip,
+            shuffle_buffer=self.config.shuffle_buffer,
+            start_positions=starts)
         return iter(self.strategy.distribute_datasets_from_function(fn))
+
+    def _resume_points(self, layout, pipelines, updates_done):
+        """(start positions per pipeline or None, batches to replay per
+        pipeline) for a stream after `updates_done` updates."""
+        state = self.data_position
+        starts = None
+        if updates_done:
+            starts = data_order.resume_points(
+                state.positions.numpy(), state.layout.numpy(), layout,
+                pipelines)
+        if starts is not None:
+            return starts, 0
+        # The recorded positions belong to another stream (or none is
+        # recorded): none is kept until this stream's first update.
+        state.forget(layout)
+        skip = (self.accumulation.first_call(updates_done) * self.replicas
+                // pipelines)
+        if skip:
+            print(f"Warning: the checkpoint holds no data position for "
+                  f"this run's input layout (written by an older version, "
+                  f"or with another number of replicas, input pipelines, "
+                  f"batch size or files); replaying the first "
+                  f"{updates_done} updates' data to resume", flush=True)
+        return None, skip
