@@ -32,7 +32,7 @@ from train import input_pipeline
 from train import modeling
 from train import tokenization
 from train import trainer as trainer_lib
-from train.pretrain_lib import make_strategy
+from train.cluster import strategy_for
 
 # Weight decay skips LayerNorm and biases, for all three optimizers.
 EXCLUDED_FROM_DECAY = ("LayerNorm", "layer_norm", "bias")
@@ -370,7 +370,7 @@ class Runner:
     def __init__(self, args, data_dir):
         self.args = args
         # Bad strategy flags fail here, before the data is made.
-        strategy = make_strategy(PretrainConfig(
+        strategy = strategy_for(PretrainConfig(
             strategy=args.strategy, tpu=args.tpu, num_gpus=args.num_gpus))
         paths = make_data(args, data_dir)
         with open(paths["bert_config"]) as f:

@@ -148,9 +148,12 @@ def test_no_readable_checkpoint_is_an_error_naming_it(records, tmp_path):
     model_dir = tmp_path / "run"
     run_pretraining(_config(records, model_dir, num_train_steps=2,
                             log_steps=2))
-    os.remove(model_dir / "ckpt-2.data-00000-of-00001")  # a missing shard
+    # A missing shard in each: ckpt-2 and the starting state, ckpt-0.
+    os.remove(model_dir / "ckpt-2.data-00000-of-00001")
+    os.remove(model_dir / "ckpt-0.data-00000-of-00001")
     with pytest.raises(errors.CheckpointError,
                        match=rf"No checkpoint in {model_dir} can be read: "
-                             rf"{model_dir}/ckpt-2: .+\. Move them aside"):
+                             rf"{model_dir}/ckpt-2: .+; {model_dir}/ckpt-0: "
+                             rf".+\. Move them aside"):
         run_pretraining(_config(records, model_dir, num_train_steps=4,
                                 log_steps=2))

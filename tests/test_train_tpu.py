@@ -13,7 +13,7 @@ from tests.support import train_testing as _testing
 from tf_lamb import distribute
 from train import InputError
 from train import flags as flags_lib
-from train import pretrain_lib
+from train import cluster
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--train_batch_size=8", "--warmup_steps=1", "--num_train_steps=2"]
@@ -113,7 +113,7 @@ def test_flags_reach_the_resolver(resolver_calls, tmp_path):
     assert "--tpu_zone=europe-west4-a\n" in replay
     assert "--gcp_project=my-project\n" in replay
     with pytest.raises(InputError, match="^No TPU reachable at bert-pod "):
-        pretrain_lib.make_strategy(config)
+        cluster.strategy_for(config)
     assert resolver_calls == [dict(tpu="bert-pod", zone="europe-west4-a",
                                    project="my-project")]
 
