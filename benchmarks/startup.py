@@ -3,8 +3,9 @@
 Writes one shard of random BERT pretraining examples, copies it --shards
 times into a folder under /tmp (or --dir), and times check_files over them
 with its default byte budget (the data set's first 64 MiB are read whole,
-of the other files only the first records), --repeats times in one
-process (the files are in the page cache after the first).
+of the other files only the first records; --full_check_bytes=0 reads
+only the first records of each), --repeats times in one process (the
+files are in the page cache after the first).
 
   python -m benchmarks.startup --shards=500
 """
@@ -67,6 +68,10 @@ def parse_args(argv):
     parser.add_argument("--predictions", type=int, default=20)
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full_check_bytes", type=int, default=64 << 20,
+                        help="check_files' budget of bytes read whole (0: "
+                        "only the first records of each shard, as for big "
+                        "shards)")
     parser.add_argument("--dir", default=None,
                         help="where the shards go (default: a new folder "
                         "under /tmp, removed at the end)")
@@ -88,7 +93,8 @@ def main(argv=None):
         for _ in range(args.repeats):
             start = time.perf_counter()
             checked = input_pipeline.check_files(
-                [pattern], args.seq_len, args.predictions, args.vocab)
+                [pattern], args.seq_len, args.predictions, args.vocab,
+                full_check_bytes=args.full_check_bytes)
             times.append(time.perf_counter() - start)
             assert checked == paths
     finally:
@@ -97,6 +103,7 @@ def main(argv=None):
     result = {
         "benchmark": "startup", "shards": args.shards,
         "records_per_shard": args.records, "seq_len": args.seq_len,
+        "full_check_bytes": args.full_check_bytes,
         "shard_bytes": shard_bytes,
         "check_files_s": times, "median_s": statistics.median(times),
         "min_s": min(times), "cpus": os.cpu_count(),

@@ -126,7 +126,7 @@ def test_file_calls_per_shard_do_not_grow_with_its_records(
             per_shard = {k: v / SHARDS for k, v in counted.items()}
             # A stat and one pass over the records per shard ...
             assert per_shard["stat"] <= 2, per_shard
-            assert per_shard["record_pass"] == 1, per_shard
+            assert 0 < per_shard["record_pass"] <= 1, per_shard
             # ... and, where the pass stops short of the end, one read of
             # the file's tail: no walk from record to record.
             for call in ("gfile_open", "gfile_seek", "gfile_read"):
@@ -215,8 +215,10 @@ def _repeated(records, count):
 
 
 @pytest.mark.parametrize("workers", [1, 16])
+@pytest.mark.parametrize("budget", [64 << 20, 0])
 def test_the_first_bad_file_in_order_is_reported(records, tmp_path,
-                                                 monkeypatch, workers):
+                                                 monkeypatch, workers,
+                                                 budget):
     monkeypatch.setattr(record_checks, "WORKERS", workers)
     good = records["serialized"][:8]
     files = []
@@ -224,8 +226,11 @@ def test_the_first_bad_file_in_order_is_reported(records, tmp_path,
         files.append(str(tmp_path / f"a-{i:02d}.tfrecord"))
         _local_file(files[-1], good)
     # Read whole, its bad record last: its check ends after the next ones'.
+    # Over the budget, its bad record among the first read: the pipeline
+    # over the files' first records fails, and each file is read alone.
     slow = str(tmp_path / "b-slow.tfrecord")
-    offset = _local_file(slow, _repeated(records, 4000), flip=3999)
+    offset = _local_file(slow, _repeated(records, 4000),
+                         flip=3999 if budget else 5)
     fast = str(tmp_path / "c-fast.tfrecord")
     with open(fast, "wb") as f:
         f.write(b"not a TFRecord file")
@@ -234,7 +239,9 @@ def test_the_first_bad_file_in_order_is_reported(records, tmp_path,
         input_pipeline.check_files([fast], SEQ, PREDS, records["vocab_size"])
     with pytest.raises(input_pipeline.DataError) as caught:
         input_pipeline.check_files(files + [slow, fast], SEQ, PREDS,
-                                   records["vocab_size"])
+                                   records["vocab_size"],
+                                   full_check_bytes=budget,
+                                   records_checked=16)
     assert str(caught.value).startswith(
         f"TFRecord file {slow} is corrupt at byte {offset}: ")
 
