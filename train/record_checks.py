@@ -361,9 +361,13 @@ def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
         if whole:
             budget -= stat.length
         plans.append((path, stat, whole))
-    heads = [p for p, stat, whole in plans if not whole and stat.length]
-    heads = dict(zip(heads, _read_heads(heads, spec, records_checked)
-                     or ())) if heads else {}
+    # The first records of the files over the budget, in one pipeline;
+    # where it fails, _check_file reads each of them alone.
+    partial = [p for p, stat, whole in plans if not whole and stat.length]
+    heads = {}
+    if partial:
+        heads = dict(zip(partial, _read_heads(partial, spec, records_checked)
+                         or ()))
     max_id = -1
     checks = _in_order(lambda plan: _check_file(
         *plan, spec, records_checked, describe, heads.get(plan[0])), plans)
