@@ -131,3 +131,25 @@ def test_startup_times_check_files_on_shards(tmp_path):
 def test_optimizer_step_bad_flags(argv):
     with pytest.raises(SystemExit):
         optimizer_step.parse_args(argv)
+
+
+def test_resume_benchmark_in_process(tmp_path):
+    """benchmarks.resume on a few default-corpus documents: a row per
+    resume point (each checked by the benchmark to start at the position
+    asked for) and the replay, with ratios to the first."""
+    from benchmarks import resume
+    out = tmp_path / "resume.json"
+    result = resume.main([
+        "--max_documents=60", "--dupe_factor=1", "--vocab_size=600",
+        "--updates=0,50,5000", "--batch=8", "--shuffle_buffer=20",
+        "--replay_updates=20", "--repeats=1", f"--data_dir={tmp_path}",
+        f"--json_out={out}"])
+    assert [(r["updates"], r["mode"]) for r in result["rows"]] == [
+        (0, "position"), (50, "position"), (5000, "position"),
+        (20, "replay")]
+    # 5000 updates of 8 go round the data many times.
+    assert result["records"] < 5000 * 8
+    for row in result["rows"]:
+        assert _positive(row["seconds"]) and _positive(row["ratio_to_first"])
+    assert result["rows"][0]["ratio_to_first"] == 1.0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))

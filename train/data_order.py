@@ -91,23 +91,26 @@ def block_files(files, block, seed):
     return tf.gather(tf.constant(files), chosen)
 
 
-def _raw_block(files, block, seed):
+def _raw_block(files, block, seed, parallel=True):
     """The records of `block`, unparsed, in their order before the window
-    shuffle: its files read round-robin, one record at a time."""
+    shuffle: its files read round-robin, one record at a time (the same
+    order read in parallel or not)."""
     cycle = min(MAX_CYCLE, len(files))
     return tf.data.Dataset.from_tensor_slices(
         block_files(files, block, seed)).interleave(
             tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            num_parallel_calls=tf.data.AUTOTUNE if parallel else None,
+            deterministic=True)
 
 
-def _block(files, block, start, seed, window, shards, shard, pipeline):
+def _block(files, block, start, seed, window, shards, shard, pipeline,
+           parallel=True):
     """Block `block` from its position `start`: (record, tag) elements.
 
     The raw records of the windows before `start`'s are dropped unread by
     the shuffle and the parser; the first window is then drawn whole (its
     permutation needs it) and cut at `start`."""
-    records = _raw_block(files, block, seed)
+    records = _raw_block(files, block, seed, parallel)
     first_window = start // window
     # Whole windows of this pipeline's records are skipped: a multiple of
     # `shards` raw records, so the sharding below keeps its phase.
@@ -122,14 +125,17 @@ def _block(files, block, start, seed, window, shards, shard, pipeline):
         size = tf.shape(batch, out_type=tf.int64)[0]
         # 2: the purpose "records of a window".
         order = permutation(size, _key(seed, 2, block, index))
-        positions = index * window + tf.range(size, dtype=tf.int64)
+        # The first window starts at `start`: the records before it are
+        # cut here, at once, rather than one element at a time.
+        begin = tf.where(index == first_window, start % window, 0)
+        positions = index * window + tf.range(begin, size, dtype=tf.int64)
+        kept = tf.size(positions, out_type=tf.int64)
         tags = tf.stack([
-            tf.fill([size], tf.constant(pipeline, tf.int64)),
-            tf.fill([size], block), positions], axis=1)
-        return tf.gather(batch, order), tf.cast(tags, tf.int32)
+            tf.fill([kept], tf.constant(pipeline, tf.int64)),
+            tf.fill([kept], block), positions], axis=1)
+        return tf.gather(batch, order[begin:]), tf.cast(tags, tf.int32)
 
-    elements = windows.map(permute).unbatch()
-    return elements.skip(start % window)
+    return windows.map(permute).unbatch()
 
 
 def stream(files, seed, window, pipelines=1, pipeline=0, start=(0, 0)):
@@ -138,16 +144,17 @@ def stream(files, seed, window, pipelines=1, pipeline=0, start=(0, 0)):
     files, shards = pipeline_files(files, pipelines, pipeline)
     shard = pipeline if shards > 1 else 0
     first_block, first_index = (int(start[0]), int(start[1]))
-    blocks = tf.data.Dataset.range(first_block, _NO_END)
-
-    def block_from_start(block):
-        begin = tf.where(block == first_block,
-                         tf.constant(first_index, tf.int64),
-                         tf.constant(0, tf.int64))
-        return _block(files, block, begin, seed, window, shards, shard,
-                      pipeline)
-
-    return blocks.flat_map(block_from_start)
+    blocks = tf.data.Dataset.range(first_block + 1, _NO_END).flat_map(
+        lambda block: _block(files, block, tf.constant(0, tf.int64), seed,
+                             window, shards, shard, pipeline))
+    # The block resumed in: its records before the start are skipped
+    # one at a time, cheaper without the parallel reader's hand-offs
+    # (measured: 10,000 records in ~0.6 s in parallel on a busy 2-core
+    # machine).
+    first = _block(files, tf.constant(first_block, tf.int64),
+                   tf.constant(first_index, tf.int64), seed, window, shards,
+                   shard, pipeline, parallel=first_index < window)
+    return first.concatenate(blocks)
 
 
 def layout(phase, seed, pipelines, replicas, replica_batch, files, window):
