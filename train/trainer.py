@@ -37,14 +37,19 @@ from train import schedule
 
 # What each update's all-reduce carries, in this order.
 _SIGNALS = ("nonfinite_gradients", "mlm_loss_sum", "mlm_weight",
-            "nsp_loss_sum", "nsp_count", "stop_requests")
+            "nsp_loss_sum", "nsp_count")
+# What one call of the loop tells the host, in one read at its end: the
+# updates it ran, whether a stop was requested (on any worker), whether an
+# update diverged, and the loss of the first that did (else of the last).
+_CALL_SIGNALS = ("updates", "stop_requested", "diverged", "loss")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopOutcome:
     """What one `train_loop` call did: `updates` run (fewer than asked
-    when it stopped early), and the last update's signals: `stop_requested`
-    (on some worker), `diverged`, and its `loss` (MLM + NSP)."""
+    when it stopped early), `stop_requested` (on some worker), `diverged`
+    (an update of the call did), and `loss` (MLM + NSP) of the first
+    update that diverged, else of the last one."""
 
     updates: int
     stop_requested: bool
@@ -125,20 +130,29 @@ class Trainer:
                             for i in range(len(
                                 self.model.trainable_variables))]
             self.grad_count = tf.Variable(0.0, name="grad_count", **on_read)
-            self._update_sums = tf.Variable(tf.zeros([len(_SIGNALS) - 1]),
+            self._update_sums = tf.Variable(tf.zeros([len(_SIGNALS)]),
                                             name="update_sums", **on_read)
             self.skipped_updates = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="skipped_updates")
-            # Set from a signal handler's thread; read by every update.
-            self._stop_request = tf.Variable(0.0, trainable=False,
-                                             name="stop_request")
-            # The last update's signals, its loss and whether it diverged.
-            self._last_signals = tf.Variable(tf.zeros([len(_SIGNALS) + 2]),
-                                             trainable=False,
-                                             name="last_signals")
+            # What one call of the loop did (_CALL_SIGNALS), read once by
+            # the host at the end of the call.
+            self._call_signals = tf.Variable(
+                tf.zeros([len(_CALL_SIGNALS)]), trainable=False,
+                name="call_signals")
             # Where each replica is in the data (kept in the checkpoint,
             # so that a resumed run starts there without replaying).
             self.data_position = data_order.PositionState(self.replicas)
+        # Set from a signal handler's thread. A host variable, outside the
+        # strategy: the loop tests it after every update without waiting
+        # for the device.
+        with tf.device("/cpu:0"):
+            self._stop_request = tf.Variable(0.0, trainable=False,
+                                             name="stop_request")
+        # One client process drives every replica (one device, mirrored,
+        # TPU) unless the strategy is multi-worker; there each worker has
+        # its own stop flag, and they agree on it at the end of a call.
+        self._one_client = not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.loss_upper_bound = float(config.loss_upper_bound)
         self.variables = self.model.trainable_variables
         self.checkpoint = data_order.TrainingCheckpoint(
@@ -151,6 +165,7 @@ class Trainer:
                                      reduce_retracing=True)
         self._train_loop = tf.function(self._train_updates)
         self.reset_stats = tf.function(self._reset_stats)
+        self._read_stats_vector = tf.function(self._stats_vector)
         # Norms computed where the weights live; only scalars are copied.
         self._weight_norms = tf.function(lambda: [
             tf.norm(tf.cast(v.value, tf.float32)) for v in self.variables])
@@ -208,54 +223,86 @@ class Trainer:
         nonfinite = tf.cast(tf.logical_not(tf.math.is_finite(
             tf.add_n(squares))), tf.float32)
         self._update_sums.assign_add(tf.stack(
-            [nonfinite] + [stats[name] for name in _SIGNALS[1:-1]]))
+            [nonfinite] + [stats[name] for name in _SIGNALS[1:]]))
 
     def _take_update_sums(self):
+        """The update's signals summed over the replicas, inside the replica
+        program (on a TPU, part of the TPU's own program)."""
         sums = self._update_sums.read_value()
         self._update_sums.assign(tf.zeros_like(sums))
-        return tf.concat([sums, [self._stop_request.read_value()]], 0)
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, sums)
 
     def _one_update(self, iterator):
-        """One update; returns whether the loop must stop after it."""
+        """One update; its signals stay on the device."""
         first = self.accumulation.first_call(self.step.read_value())
         for i in tf.range(self.accumulation.steps, dtype=tf.int64):
             self.strategy.run(self._replica_step,
                               args=(next(iterator), first + i))
         self.step.assign_add(1)
-        signals = self.strategy.reduce(
-            tf.distribute.ReduceOp.SUM,
-            self.strategy.run(self._take_update_sums), axis=None)
-        nonfinite, mlm_sum, mlm_weight, nsp_sum, nsp_count, stop = (
-            tf.unstack(signals))
+        # Every replica holds the same sums: the first one's are taken.
+        signals = self.strategy.experimental_local_results(
+            self.strategy.run(self._take_update_sums))[0]
+        nonfinite, mlm_sum, mlm_weight, nsp_sum, nsp_count = tf.unstack(
+            signals)
         self.skipped_updates.assign_add(tf.cast(nonfinite > 0, tf.int64))
         loss = (tf.math.divide_no_nan(mlm_sum, mlm_weight)
                 + tf.math.divide_no_nan(nsp_sum, nsp_count))
-        diverged = tf.logical_or(tf.logical_not(tf.math.is_finite(loss)),
-                                 loss > self.loss_upper_bound)
-        self._last_signals.assign(tf.concat(
-            [signals, [loss, tf.cast(diverged, tf.float32)]], 0))
-        return tf.logical_or(stop > 0, diverged)
+        diverged = tf.cast(tf.logical_or(
+            tf.logical_not(tf.math.is_finite(loss)),
+            loss > self.loss_upper_bound), tf.float32)
+        updates, _, diverged_before, loss_before = tf.unstack(
+            self._call_signals.read_value())
+        # The first diverged update's loss is the one the message names;
+        # the rest of the call is rolled back with it.
+        self._call_signals.assign(tf.stack([
+            updates + 1.0, 0.0, tf.maximum(diverged_before, diverged),
+            tf.where(diverged_before > 0, loss_before, loss)]))
+
+    def _agreed_stop(self):
+        """1.0 when a stop was requested on any worker (one collective of
+        a scalar, at the end of a call)."""
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.MAX,
+            tf.identity(self._stop_request.read_value()))
 
     def _train_updates(self, iterator, updates):
+        self._call_signals.assign(tf.zeros([len(_CALL_SIGNALS)]))
+        # Carried through the loop, so that the value reported is the one
+        # the loop acted on (two reads of a variable are not ordered).
+        stop = tf.constant(0.0)
         for _ in tf.range(updates):
-            if self._one_update(iterator):
-                break
+            self._one_update(iterator)
+            if self._one_client:
+                # A host variable: testing it needs nothing from the device.
+                stop = tf.identity(self._stop_request.read_value())
+                if stop > 0:
+                    break
+        if not self._one_client:
+            stop = self.strategy.experimental_local_results(
+                self.strategy.run(self._agreed_stop))[0]
+        updates_run, _, diverged, loss = tf.unstack(
+            self._call_signals.read_value())
+        self._call_signals.assign(tf.stack([updates_run, stop, diverged,
+                                            loss]))
 
     def train_loop(self, iterator, updates=1):
-        """Runs up to `updates` optimizer updates in one call; stops after
-        an update that diverged or that saw a stop request. Returns a
-        LoopOutcome."""
-        before = int(self.step.numpy())
+        """Runs up to `updates` optimizer updates in one call. With one
+        client process it stops after the update in progress when a stop
+        is requested; with several workers, at the end of the call, on the
+        same update everywhere. An update that diverged is reported at the
+        end of the call (the controller rolls back to a checkpoint anyway).
+        The host reads the device once per call. Returns a LoopOutcome."""
         self._train_loop(iterator, tf.constant(updates, tf.int64))
-        *signals, loss, diverged = self._last_signals.numpy().tolist()
-        return LoopOutcome(
-            updates=int(self.step.numpy()) - before,
-            stop_requested=signals[_SIGNALS.index("stop_requests")] > 0,
-            diverged=bool(diverged), loss=loss)
+        updates_run, stop, diverged, loss = (
+            self._call_signals.numpy().tolist())
+        return LoopOutcome(updates=int(updates_run),
+                           stop_requested=stop > 0, diverged=diverged > 0,
+                           loss=loss)
 
     def request_stop(self):
-        """Asks the running (or next) `train_loop` call to stop after the
-        update in progress; safe to call from any thread."""
+        """Asks the running (or next) `train_loop` call to stop (see
+        train_loop for when); safe to call from any thread."""
         self._stop_request.assign(1.0)
 
     def weights_finite(self):
@@ -272,15 +319,33 @@ class Trainer:
 
     # -- reading -----------------------------------------------------------------
 
+    def _stats_vector(self):
+        """Every statistic of a log line in one float32 vector (so that the
+        host reads them in one transfer): the sums of STATS, the
+        micro-batch count, then per variable ||w||, the summed squared
+        gradient norms and LAMB's trust ratios (absent for another
+        optimizer)."""
+        parts = [tf.stack([tf.convert_to_tensor(self.stats[name])
+                           for name in self.STATS]),
+                 tf.reshape(tf.convert_to_tensor(self.grad_count), [1]),
+                 tf.stack([tf.norm(tf.cast(v.value, tf.float32))
+                           for v in self.variables]),
+                 tf.stack([tf.convert_to_tensor(g) for g in self.grad_sq])]
+        if isinstance(self.inner_optimizer, Lamb):
+            parts.append(tf.cast(tf.convert_to_tensor(
+                self.inner_optimizer.trust_ratios), tf.float32))
+        return tf.concat(parts, 0)
+
     def read_stats(self):
         """Means since the last reset, then a reset; every worker must call
         it."""
-        sums = {name: float(v.numpy()) for name, v in self.stats.items()}
-        means = metrics.means_from_sums(sums)
-        count = max(float(self.grad_count.numpy()), 1.0)
-        w_norms = [float(n) for n in self._weight_norms()]
-        g_norms = [math.sqrt(max(float(g.numpy()), 0.0) / count)
-                   for g in self.grad_sq]
+        with self.strategy.scope():
+            vector = self._read_stats_vector().numpy().tolist()
+        stats, vector = vector[:len(self.STATS)], vector[len(self.STATS):]
+        count, vector = max(vector[0], 1.0), vector[1:]
+        n = len(self.variables)
+        w_norms, grad_sq, ratios = vector[:n], vector[n:2 * n], vector[2 * n:]
+        means = metrics.means_from_sums(dict(zip(self.STATS, stats)))
         self.reset_stats()
         return {
             "mlm_loss": means["mlm_loss"],
@@ -288,13 +353,10 @@ class Trainer:
             "mlm_accuracy": means["mlm_accuracy"],
             "nsp_accuracy": means["nsp_accuracy"],
             "weight_norms": w_norms,
-            "grad_norms": g_norms,
+            "grad_norms": [math.sqrt(max(g, 0.0) / count) for g in grad_sq],
             # LAMB's own phi = ||w|| / ||r|| of the last update (none for
             # another optimizer).
-            "trust_ratios": ([float(r) for r in
-                              self.inner_optimizer.trust_ratios.numpy()]
-                             if isinstance(self.inner_optimizer, Lamb)
-                             else [None] * len(w_norms)),
+            "trust_ratios": ratios or [None] * n,
         }
 
     def learning_rate(self, update):
