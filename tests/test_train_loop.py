@@ -92,7 +92,7 @@ def test_steps_per_loop_keeps_the_log_interval(records, tmp_path):
     assert [h["step"] for h in metrics["history"]] == [5, 10, 12]
     saved = tf.train.get_checkpoint_state(str(tmp_path / "run"))
     assert [int(p.rsplit("-", 1)[1]) for p in
-            saved.all_model_checkpoint_paths] == [6, 12]
+            saved.all_model_checkpoint_paths] == [0, 6, 12]
 
 
 def test_default_warmup_is_proportional_to_a_short_run():
