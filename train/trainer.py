@@ -260,10 +260,10 @@ class Trainer:
             tf.where(diverged_before > 0, loss_before, loss)]))
 
     def _agreed_stop(self):
-        """1.0 when a stop was requested on any worker (one collective of
-        a scalar, at the end of a call)."""
+        """Above 0 when a stop was requested on any worker (one collective
+        of a scalar, at the end of a call)."""
         return tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.MAX,
+            tf.distribute.ReduceOp.SUM,
             tf.identity(self._stop_request.read_value()))
 
     def _train_updates(self, iterator, updates):
