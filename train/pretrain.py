@@ -29,7 +29,8 @@ Training runs in a custom loop: --steps_per_loop updates per call of a
 tf.function that calls `strategy.run` on a replica step; with --jit_compile
 the forward and backward pass (and LAMB's update) are XLA programs.  A run
 resumes from the newest checkpoint in --model_dir (weights, optimizer slots,
-step; the data order is replayed), so a killed run loses at most
+step, where each input pipeline is in the data: nothing already trained
+on is read again), so a killed run loses at most
 --save_checkpoints_steps updates.  --init_checkpoint starts a new run from
 the weights of Google's released BERT checkpoints or of another run.
 

@@ -12,14 +12,19 @@ throughput on TPUs; the updates themselves are the same whatever the count
 per call, since the data order and every dropout seed depend only on the
 update and micro-batch numbers.
 
-After every update the replicas agree, in one all-reduce, on what the
-controller must know at once: whether the update's gradients were not
-finite (LAMB and the loss-scale optimizer skip such an update; it is
-counted in `skipped_updates`), whether its loss diverged (not finite, or
-above `loss_upper_bound`), and whether a stop was requested on any worker
-(`request_stop`, called from a signal handler's thread). A diverged update
-or a stop request ends the call after that update, on every worker at the
-same update; `train_loop` returns what happened.
+After every update the replicas agree, in one all-reduce inside the
+replica program, on whether the update's gradients were not finite (LAMB
+and the loss-scale optimizer skip such an update; it is counted in
+`skipped_updates`) and on its loss; whether it diverged (not finite, or
+above `loss_upper_bound`) stays on the device. The host reads what the
+call did once, at its end (`_CALL_SIGNALS`), so nothing in the loop waits
+for the device: a diverged update is acted on after the call (the
+controller rolls back to a checkpoint anyway). A stop request
+(`request_stop`, from a signal handler's thread) sets a host variable the
+loop tests after each update, so one client process stops after the
+update in progress; the workers of a multi_worker run agree on their flags
+at the end of the call, and stop there, at the same update.
+`train_loop` returns what happened.
 """
 
 import dataclasses
