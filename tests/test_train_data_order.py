@@ -268,3 +268,28 @@ def _bert_config(records, tmp_path):
     path.write_text(json.dumps(dict(train_testing.SMALL_BERT_CONFIG,
                                     vocab_size=size)))
     return str(path)
+
+
+def test_a_run_resumed_on_more_replicas_replays_with_a_warning(
+        records, tmp_path, capsys):
+    """Positions recorded by one replica do not fit two: the checkpoint
+    still restores (weights, slots, update count), and the data is
+    replayed from the phase's start, with one warning."""
+    settings = dict(
+        max_seq_length=SEQ, max_predictions_per_seq=PREDS,
+        train_batch_size=8, warmup_steps=1, shuffle_buffer=10,
+        export_dir="none", save_checkpoints_steps=2, log_steps=2,
+        recovery_max_trials=0, train_files=tuple(records["files"]),
+        vocab_file=records["vocab"],
+        bert_config_file=_bert_config(records, tmp_path))
+    model_dir = str(tmp_path / "run")
+    run_pretraining(PretrainConfig(model_dir=model_dir, num_train_steps=2,
+                                   **settings))
+    capsys.readouterr()
+    result = run_pretraining(PretrainConfig(
+        model_dir=model_dir, num_train_steps=4, strategy="mirrored",
+        **settings))
+    assert result["start_step"] == 2 and result["step"] == 4
+    assert result["trainer"].replicas == 2
+    out = capsys.readouterr().out
+    assert out.count("replaying the first 2 updates' data") == 1, out

@@ -222,12 +222,14 @@ class PositionState(tf.Module):
 
 class TrainingCheckpoint(tf.train.Checkpoint):
     """A tf.train.Checkpoint whose `data_position` may be missing from
-    the checkpoint read (one written before positions were kept): the rest
-    is restored and matched as usual, the positions are marked unknown."""
+    the checkpoint read (one written before positions were kept) or be of
+    another shape (written with another number of replicas): the rest is
+    restored and matched as usual, the positions are marked unknown (the
+    stream is then replayed)."""
 
     _OPTIONAL = "data_position"
 
-    def _lacks_positions(self, path):
+    def _lacks_usable_positions(self, path):
         try:
             # The prefix's own reader: tf.train.load_checkpoint first asks
             # whether the path is a folder, which a prefix is on ram://.
@@ -236,8 +238,12 @@ class TrainingCheckpoint(tf.train.Checkpoint):
             # Unreadable: the restore below says why.
             return False
         prefix = f"{self._OPTIONAL}/"
-        return not any(name.startswith(prefix)
-                       for name in reader.get_variable_to_shape_map())
+        expected = [list(v.shape)
+                    for v in getattr(self, self._OPTIONAL).variables]
+        saved = sorted(shape for name, shape in
+                       reader.get_variable_to_shape_map().items()
+                       if name.startswith(prefix))
+        return saved != sorted(expected)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -252,11 +258,11 @@ class TrainingCheckpoint(tf.train.Checkpoint):
             if name != self._OPTIONAL})
 
     def restore(self, save_path, options=None):
-        if save_path and self._lacks_positions(save_path):
+        if save_path and self._lacks_usable_positions(save_path):
             return self._without_positions().restore(save_path, options)
         return super().restore(save_path, options)
 
     def read(self, save_path, options=None):
-        if save_path and self._lacks_positions(save_path):
+        if save_path and self._lacks_usable_positions(save_path):
             return self._without_positions().read(save_path, options)
         return super().read(save_path, options)
