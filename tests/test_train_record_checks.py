@@ -20,12 +20,8 @@ SEQ, PREDS = 32, 5
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("records"))
-    files, vocab = _testing.make_records(directory, SEQ, PREDS, shards=1,
-                                         max_documents=120, dupe_factor=1)
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files)]
-    vocab_size = len(open(vocab, encoding="utf-8").read().split("\n")) - 1
-    return {"serialized": serialized, "vocab_size": vocab_size}
+    return _testing.one_shard(str(tmp_path_factory.mktemp("records")),
+                              SEQ, PREDS)
 
 
 def _shard_bytes(serialized, tmp_path):

@@ -229,7 +229,9 @@ class TrainingCheckpoint(tf.train.Checkpoint):
 
     def _lacks_positions(self, path):
         try:
-            reader = tf.train.load_checkpoint(path)
+            # The prefix's own reader: tf.train.load_checkpoint first asks
+            # whether the path is a folder, which a prefix is on ram://.
+            reader = tf.compat.v1.train.NewCheckpointReader(path)
         except (tf.errors.OpError, ValueError):
             # Unreadable: the restore below says why.
             return False

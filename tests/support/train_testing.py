@@ -58,6 +58,19 @@ def make_records(directory, seq_length=32, predictions=5, vocab_file=None,
     return outputs, vocab
 
 
+def one_shard(directory, seq_length, predictions):
+    """One TFRecord shard of the first 120 documents: a dict of its file,
+    vocabulary, serialized records and vocabulary size."""
+    import tensorflow as tf
+    files, vocab = make_records(directory, seq_length, predictions,
+                                shards=1, max_documents=120, dupe_factor=1)
+    with open(vocab, encoding="utf-8") as fh:
+        vocab_size = len(fh.read().split("\n")) - 1
+    return {"file": files[0], "vocab": vocab, "vocab_size": vocab_size,
+            "serialized": [r.numpy() for r in
+                           tf.data.TFRecordDataset(files)]}
+
+
 # A BERT small enough for end-to-end runs of a few updates.
 SMALL_BERT_CONFIG = {
     "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
