@@ -11,8 +11,8 @@ on (`FORMS`, `update_form`), and the pass of each form (`PASSES`).
                (`sequenced`); a TPU's
 
 Measured with each target's compiler (benchmarks.compile_for,
-docs/optimizer_performance.md): grouped launches a third of keras Lamb's kernels on
-an H100; on a TPU, whose compiler stages operands through its vector
+docs/optimizer_performance.md): grouped launches a third of keras Lamb's
+kernels on an H100; on a TPU, whose compiler stages operands through its vector
 memory, the stacks it builds cost traffic, and the sequence keeps the
 staging lowest.
 """
