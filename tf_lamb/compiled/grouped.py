@@ -6,8 +6,8 @@ per variable that writes w, m and v (`write_variables`).
 
 A GPU launches a kernel per fusion: this form launches a third of keras
 Lamb's kernels on an H100 (docs/optimizer_performance.md). Only float32
-variables (and float16/bfloat16 ones) take it (`forms.update_form`): its stacks are
-float32.
+variables (and float16/bfloat16 ones) take it (`forms.update_form`): its
+stacks are float32.
 """
 
 import math
