@@ -29,5 +29,11 @@ batch size, the learning rate tuned per batch, several seeds.
 from the results.
 
 `python -m benchmarks.finetune`: a downstream classifier fine-tuned from a
-pretrained SavedModel and from a random encoder of the same config.
+pretrained SavedModel and from a random encoder of the same config, beside
+a bag of words (its tasks in finetune_tasks, the bag of words in
+finetune_bag_of_words).
+
+`python -m benchmarks.startup`, `python -m benchmarks.resume`: a run's
+start-up checks on many shards, and a resumed run's time to its first
+batch.
 """

@@ -97,19 +97,30 @@ def machine_info():
     }
 
 
+def _python_files(package):
+    """The .py files under `package`, as sorted paths relative to it (a
+    top-level module's path is its name)."""
+    names = []
+    for folder, subfolders, files in os.walk(package):
+        subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+        relative = os.path.relpath(folder, package)
+        names += [name if relative == "." else os.path.join(relative, name)
+                  for name in files if name.endswith(".py")]
+    return sorted(names)
+
+
 def tf_lamb_source():
     """Which tf_lamb was measured: the git commit and a hash of the
-    package's modules (the optimizer may be edited in the working tree
-    between runs)."""
+    package's modules, its subpackages' included (the optimizer may be
+    edited in the working tree between runs)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     package = os.path.join(root, "tf_lamb")
     info = {}
     try:
         digest = hashlib.sha256()
-        for name in sorted(os.listdir(package)):
-            if name.endswith(".py"):
-                with open(os.path.join(package, name), "rb") as f:
-                    digest.update(name.encode() + b"\0" + f.read())
+        for name in _python_files(package):
+            with open(os.path.join(package, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
         info["tf_lamb_sha256"] = digest.hexdigest()[:16]
     except OSError:
         pass

@@ -23,11 +23,13 @@ DEVICE_KINDS = ("cpu", "gpu", "gpu_split", "tpu")
 @pytest.fixture(params=DEVICE_KINDS)
 def device_kind(request, monkeypatch):
     """The test's optimizer steps take the form of this kind of device."""
-    from tf_lamb import compiled
+    # Each constant and function is set in the module of tf_lamb.compiled
+    # that reads it.
+    from tf_lamb.compiled import forms, grouped
     kind = request.param
     if kind == "gpu_split":
         kind = "gpu"
-        monkeypatch.setattr(compiled, "SMALL_VARIABLE_ELEMENTS", 8)
-        monkeypatch.setattr(compiled, "PARTIAL_SUMS", 4)
-    monkeypatch.setattr(compiled, "device_kind", lambda device: kind)
+        monkeypatch.setattr(grouped, "SMALL_VARIABLE_ELEMENTS", 8)
+        monkeypatch.setattr(grouped, "PARTIAL_SUMS", 4)
+    monkeypatch.setattr(forms, "device_kind", lambda device: kind)
     return request.param

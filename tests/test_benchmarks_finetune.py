@@ -1,6 +1,7 @@
-"""benchmarks.finetune: the order task's examples, that the pretraining
-never sees them, the bag-of-words baseline on toy tasks, and a --quick run
-(pretrains, exports, scores the three rows with each seed)."""
+"""benchmarks.finetune and its finetune_tasks and finetune_bag_of_words: the
+order task's examples, that the pretraining never sees them, the
+bag-of-words baseline on toy tasks, and a --quick run (pretrains, exports,
+scores the three rows with each seed)."""
 
 import json
 import os
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks import finetune
+from benchmarks import finetune_bag_of_words
+from benchmarks import finetune_tasks
 from train import corpus
 from tests.support import train_testing
 
@@ -27,7 +30,7 @@ def test_order_examples_are_balanced_adjacent_pairs_swapped_when_labelled():
     next_of = {a: b for document in documents
                for a, b in zip(document, document[1:])}
     pairs = sum(len(document) - 1 for document in documents)
-    examples = finetune.order_examples(documents, seed=3)
+    examples = finetune_tasks.order_examples(documents, seed=3)
     assert len(examples) == pairs
     labels = [label for _, _, label in examples]
     assert abs(labels.count(0) - labels.count(1)) <= 1
@@ -41,13 +44,13 @@ def test_order_examples_are_balanced_adjacent_pairs_swapped_when_labelled():
     # Each pair once, whichever way round.
     assert len({frozenset(e[:2]) for e in examples}) == pairs
     # Which pairs are swapped depends on the seed.
-    assert finetune.order_examples(documents, seed=4) != examples
+    assert finetune_tasks.order_examples(documents, seed=4) != examples
 
 
 def test_order_examples_leave_out_excluded_and_equal_pairs():
     documents = [["A a a a.", "B b b b.", "C c c c."],
                  ["D d d d.", "D d d d.", "E e e e."]]
-    examples = finetune.order_examples(
+    examples = finetune_tasks.order_examples(
         documents, seed=0, excluded={("C c c c.", "B b b b.")})
     assert sorted(frozenset(e[:2]) for e in examples) == sorted(
         [frozenset({"A a a a.", "B b b b."}),
@@ -56,31 +59,32 @@ def test_order_examples_leave_out_excluded_and_equal_pairs():
 
 def test_pretraining_and_task_documents_split_the_corpus():
     documents = corpus.stdlib_documents(300)
-    pretraining, task = finetune.split_documents(documents, 0.3)
+    pretraining, task = finetune_tasks.split_documents(documents, 0.3)
     assert len(pretraining) + len(task) == len(documents)
     assert 0.2 < len(task) / len(documents) < 0.4
     texts = {"\n".join(d) for d in pretraining}
     assert not any("\n".join(d) in texts for d in task)
     # The split depends on the text, not on the order.
-    assert finetune.split_documents(documents[::-1], 0.3)[1] == task[::-1]
+    assert finetune_tasks.split_documents(documents[::-1],
+                                          0.3)[1] == task[::-1]
 
 
 def test_a_pair_shared_with_the_pretraining_text_is_refused():
     with pytest.raises(AssertionError, match="1 sentence pairs"):
-        finetune.check_unseen([("B b b b.", "A a a a.", 0)],
+        finetune_tasks.check_unseen([("B b b b.", "A a a a.", 0)],
                               [["A a a a.", "B b b b.", "C c c c."]])
-    finetune.check_unseen([("A a a a.", "C c c c.", 0)],
+    finetune_tasks.check_unseen([("A a a a.", "C c c c.", 0)],
                           [["A a a a.", "B b b b.", "C c c c."]])
 
 
 def test_the_pretraining_text_is_rewritten_only_when_it_changes(tmp_path):
     path = str(tmp_path / "corpus.txt")
-    finetune.write_pretraining_corpus(_documents(3, 2), path)
+    finetune_tasks.write_pretraining_corpus(_documents(3, 2), path)
     os.utime(path, (1, 1))
-    finetune.write_pretraining_corpus(_documents(3, 2), path)
+    finetune_tasks.write_pretraining_corpus(_documents(3, 2), path)
     # The same text keeps its time: the run's examples are reused.
     assert os.stat(path).st_mtime == 1
-    finetune.write_pretraining_corpus(_documents(4, 2), path)
+    finetune_tasks.write_pretraining_corpus(_documents(4, 2), path)
     assert os.stat(path).st_mtime != 1
     assert corpus.read_documents([path]) == _documents(4, 2)
 
@@ -108,11 +112,12 @@ def _order_toy(rng, n, vocab):
 
 def _fit_and_score(train, test, vocab, per_segment):
     (x, y), (test_x, test_y) = [
-        (finetune.count_features(_inputs(a, b, per_segment), vocab,
-                                 per_segment), labels)
+        (finetune_bag_of_words.count_features(
+            _inputs(a, b, per_segment), vocab, per_segment), labels)
         for a, b, labels in (train, test)]
-    params = finetune.fit_bag_of_words(x, y, 2, 1, finetune.FinetuneConfig())
-    return finetune.bag_of_words_accuracy(params, test_x, test_y)
+    params = finetune_bag_of_words.fit_bag_of_words(
+        x, y, 2, 1, finetune.FinetuneConfig())
+    return finetune_bag_of_words.bag_of_words_accuracy(params, test_x, test_y)
 
 
 def test_bag_of_words_learns_what_counts_tell_and_not_order():
@@ -136,12 +141,13 @@ def test_count_features_count_each_segment_apart():
     inputs = _inputs(np.array([5]), np.array([5]), per_segment=True)
     inputs["input_word_ids"][0, -1] = 0
     inputs["input_mask"][0, -1] = 0
-    counts = finetune.count_features(inputs, 10, per_segment=True)
+    counts = finetune_bag_of_words.count_features(inputs, 10, per_segment=True)
     expected = np.zeros(20)
     expected[[2, 3, 5]] = 1           # [CLS], [SEP], 5 in segment A
     expected[10 + 5] = 1              # 5 in segment B; padding not counted
     np.testing.assert_array_equal(counts[0], expected)
-    shared = finetune.count_features(inputs, 10, per_segment=False)
+    shared = finetune_bag_of_words.count_features(inputs, 10,
+                                                  per_segment=False)
     np.testing.assert_array_equal(shared[0], expected[:10] + expected[10:])
 
 

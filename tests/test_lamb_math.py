@@ -98,8 +98,8 @@ def test_grouped_sums(small, parts, monkeypatch):
     """Every term's sum, whether its variable is stacked with others of its
     size (small), summed in partial sums (large; sizes sharing no, some or
     all factors with the partial count), or has terms that are None."""
-    monkeypatch.setattr(compiled, "SMALL_VARIABLE_ELEMENTS", small)
-    monkeypatch.setattr(compiled, "PARTIAL_SUMS", parts)
+    monkeypatch.setattr(compiled.grouped, "SMALL_VARIABLE_ELEMENTS", small)
+    monkeypatch.setattr(compiled.grouped, "PARTIAL_SUMS", parts)
     shapes = [(7,), (7,), (3, 4), (), (7,), (70001,), (512, 6), (66, 1000)]
     keys = ["a", "a", "a", "a", "b", "a", "b", "a"]
     xs = [RNG.normal(size=s) for s in shapes]

@@ -72,7 +72,8 @@ TARGETS = {
                 "hbm_bytes_per_s": 1.64e12, "hbm_bytes": 32 * 2**30},
 }
 
-# The figures in docs/performance.md were compiled by these versions.
+# The figures in docs/optimizer_performance.md and docs/planning.md were
+# compiled by these versions.
 INSTALL = {
     "tpu": "pip install jax==0.10.2 jaxlib==0.10.2 libtpu==0.0.52   "
            "(libtpu, ~480 MB)",

@@ -346,6 +346,29 @@ def _controller(config, trainer, phases, saved, guard, evaluate, chief):
                                phase.predictions)), log
 
 
+def _train(config, trainer, phases, saved, evaluate, chief, start_step):
+    """Trains from `start_step` to the end of the schedule (the controller,
+    under the divergence guard); returns the step reached, the log's
+    history and the examples per second of this call."""
+    _print_start(config, trainer, start_step)
+    with run_checkpoints.DivergenceGuard(trainer, saved, config) as guard:
+        controller, log = _controller(config, trainer, phases, saved,
+                                      guard, evaluate, chief)
+        step = controller.train(start_step)
+    return step, log.history, controller.examples_seen / max(
+        controller.train_seconds, 1e-9)
+
+
+def _export_encoder(config, saved):
+    """Writes the encoder's SavedModel to `config.export_path` from the
+    newest good checkpoint, through python -m train.export's code (a fresh
+    float32 model)."""
+    export.export_saved_model(
+        config.model_dir, config.export_path, overwrite=True,
+        checkpoint=saved.newest, require_vocab=False)
+    print(f"Exported the encoder to {config.export_path}", flush=True)
+
+
 def plan_for_chip(config):
     """`--compile_for`: the run's training step compiled for the chip named
     (train.compile_plan), reported; nothing is trained or written. Returns
@@ -439,27 +462,17 @@ def run_pretraining(config, strategy=None, record_files=None,
         if config.mode == "eval":
             return result(start_step, [], None, evaluate(start_step), None,
                           heldout=None)
-        _print_start(config, trainer, start_step)
-        with run_checkpoints.DivergenceGuard(trainer, saved, config) as guard:
-            controller, log = _controller(config, trainer, phases, saved,
-                                          guard, evaluate, chief)
-            step = controller.train(start_step)
+        step, history, examples_per_second = _train(
+            config, trainer, phases, saved, evaluate, chief, start_step)
         eval_metrics = evaluate(step) if evaluate else None
         heldout_metrics = _evaluate_heldout(config, trainer, phases[0],
                                             heldout, chief)
         if config.export_path and chief:
-            # From the newest good checkpoint, through python -m
-            # train.export's code (a fresh float32 model).
-            export.export_saved_model(
-                config.model_dir, config.export_path, overwrite=True,
-                checkpoint=saved.newest, require_vocab=False)
-            print(f"Exported the encoder to {config.export_path}",
-                  flush=True)
+            _export_encoder(config, saved)
         if chief:
-            _print_summary(log.history)
-        return result(step, log.history, controller.examples_seen / max(
-            controller.train_seconds, 1e-9), eval_metrics, config.export_path,
-            heldout=heldout_metrics)
+            _print_summary(history)
+        return result(step, history, examples_per_second, eval_metrics,
+                      config.export_path, heldout=heldout_metrics)
     finally:
         keras.mixed_precision.set_global_policy(caller_policy)
         if not chief:
