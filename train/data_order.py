@@ -99,8 +99,10 @@ def _raw_block(files, block, seed, parallel=True):
     return tf.data.Dataset.from_tensor_slices(
         block_files(files, block, seed)).interleave(
             tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE if parallel else None,
-            deterministic=True)
+            # `deterministic` only applies to (and is only accepted quietly
+            # with) a parallel reader; the sequential one is in order.
+            **(dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               if parallel else {}))
 
 
 def _block(files, block, start, seed, window, shards, shard, pipeline,
