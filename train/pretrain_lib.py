@@ -222,8 +222,7 @@ def _write_run_files(config, phases, bert_config, vocab_file, record_files):
         paths.write_atomically(os.path.join(model_dir, name), text)
     run_vocab = os.path.join(model_dir, "vocab.txt")
     if vocab_file and not paths.same(vocab_file, run_vocab):
-        paths.write_atomically(run_vocab, tf.io.gfile.GFile(
-            vocab_file, "rb").read())
+        paths.write_atomically(run_vocab, paths.read_text(vocab_file))
 
 
 def _evaluate_heldout(config, trainer, phase, heldout, chief):
