@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from train import input_pipeline
+from train.data import reading
 
 
 def _example(rng, seq_len, predictions, vocab):
@@ -92,7 +92,7 @@ def main(argv=None):
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            checked = input_pipeline.check_files(
+            checked = reading.check_files(
                 [pattern], args.seq_len, args.predictions, args.vocab,
                 full_check_bytes=args.full_check_bytes)
             times.append(time.perf_counter() - start)

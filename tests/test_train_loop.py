@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
-from train import schedule as schedule_lib
+from train.loop import schedule as schedule_lib
 from train.pretrain_lib import _next_stop
 
 

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
-from train import PretrainConfig, run_pretraining
 from train import flags as train_flags
+from train import PretrainConfig, run_pretraining
 from train.config import PretrainConfig as ConfigClass
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",

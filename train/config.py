@@ -21,12 +21,12 @@ from typing import Optional, Tuple
 
 from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES, is_tpu_name
-from train import examples
-from train.errors import InputError
-from train import paths
-from train import accelerators, compile_plan
-from train.modeling import MODEL_SIZES
-from train.schedule import GradientAccumulation
+from train.data import examples
+from train.loop.schedule import GradientAccumulation
+from train.model.bert import MODEL_SIZES
+from train.plan import accelerators, compile_plan
+from train.runtime import paths
+from train.runtime.errors import InputError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "eval", "train_and_eval")

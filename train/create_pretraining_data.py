@@ -23,7 +23,7 @@ Example:
 import os
 import sys
 
-from train import logs
+from train.runtime import logs
 
 if __name__ == "__main__":
     # Before TensorFlow loads: its C++ log level is read then.
@@ -34,10 +34,10 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from train.corpus import read_documents, stdlib_documents  # noqa: E402
-from train.examples import (  # noqa: E402
+from train.data.corpus import read_documents, stdlib_documents  # noqa: E402
+from train.data.examples import (  # noqa: E402
     Vocab, check_flags, create_instances, write_instances)
-from train.tokenization import (  # noqa: E402
+from train.data.tokenization import (  # noqa: E402
     learn_vocab, read_vocab, tokenize_documents, write_vocab)
 
 

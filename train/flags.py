@@ -10,10 +10,10 @@ import dataclasses
 from absl import flags
 
 from tf_lamb.distribute import STRATEGIES
-from train import accelerators
 from train import config as config_lib
 from train import create_pretraining_data as cpd
-from train.modeling import MODEL_SIZES
+from train.model.bert import MODEL_SIZES
+from train.plan import accelerators
 
 # Settings whose default depends on others: the config resolves them when
 # the flag was not given (see PretrainConfig).

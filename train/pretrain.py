@@ -54,7 +54,7 @@ Examples:
 
 import sys
 
-from train import logs
+from train.runtime import logs
 
 if __name__ == "__main__":
     # Before TensorFlow loads: its C++ log level is read then.
@@ -65,9 +65,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from train import create_pretraining_data as cpd  # noqa: E402
-from train import errors  # noqa: E402
 from train import flags as train_flags  # noqa: E402
 from train.pretrain_lib import run_pretraining  # noqa: E402
+from train.runtime import errors  # noqa: E402
 
 
 def run_from_flags(flag_values):

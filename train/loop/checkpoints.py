@@ -10,8 +10,8 @@ import re
 
 import tensorflow as tf
 
-from train.errors import CheckpointError
-from train.errors import DivergenceError
+from train.runtime.errors import CheckpointError
+from train.runtime.errors import DivergenceError
 
 
 def listed_checkpoints(directory):

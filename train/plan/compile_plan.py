@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from train import accelerators
+from train.plan import accelerators
 
 # At most this many compiles to find the largest batch that fits, and no
 # per-chip batch above MAX_BATCH: a program far too big for the chip makes
@@ -201,7 +201,7 @@ class StepExporter:
         self.device_kind = device_kind
         import keras
         import tensorflow as tf
-        from train import trainer as trainer_lib
+        from train.loop import trainer as trainer_lib
         self.phase = phase
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -399,7 +399,7 @@ def run(config, bert_config):
 def default_bert_config(config):
     """The model a plan compiles when no vocabulary is at hand yet: the
     run's size with --vocab_size tokens (the vocabulary it would learn)."""
-    from train import modeling
-    return modeling.BertConfig.for_size(config.model_size_name,
+    from train.model import bert
+    return bert.BertConfig.for_size(config.model_size_name,
                                         config.vocab_size)
 

@@ -39,7 +39,7 @@ import json
 import os
 import sys
 
-from train import logs
+from train.runtime import logs
 
 if __name__ == "__main__":
     # Before TensorFlow loads: its C++ log level is read then.
@@ -51,13 +51,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from train import checkpoints  # noqa: E402
-from train import hub_module  # noqa: E402
-from train import huggingface  # noqa: E402
-from train import modeling  # noqa: E402
-from train import paths  # noqa: E402
-from train.errors import InputError  # noqa: E402
-from train.hub_module import EncoderLayer, load_encoder_layer  # noqa: E402
+from train.interop import hub_module  # noqa: E402
+from train.interop import huggingface  # noqa: E402
+from train.interop import init_checkpoints  # noqa: E402
+from train.interop.hub_module import EncoderLayer, load_encoder_layer  # noqa: E402
+from train.model import bert  # noqa: E402
+from train.runtime import paths  # noqa: E402
+from train.runtime.errors import InputError  # noqa: E402
 
 __all__ = ["EncoderLayer", "export_google_checkpoint", "export_huggingface",
            "export_saved_model", "load_encoder_layer", "load_run"]
@@ -70,8 +70,8 @@ FORMATS = ("saved_model", "google", "huggingface")
 class TrainedRun:
     """A checkpoint of a run, loaded into a float32 model."""
 
-    model: object  # modeling.BertPretrainer
-    bert_config: modeling.BertConfig
+    model: object  # bert.BertPretrainer
+    bert_config: bert.BertConfig
     bert_config_file: str
     vocab_file: object  # str, or None when the run recorded none
     do_lower_case: bool
@@ -125,7 +125,7 @@ def _vocab_file(model_dir, bert_config, required):
 
 
 def _fit_error(error, prefix, config_file):
-    """ValueError of checkpoints.init_from_checkpoint -> one line."""
+    """ValueError of init_checkpoints.init_from_checkpoint -> one line."""
     lines = str(error).splitlines()
     problems = [line.strip() for line in lines[1:]]
     shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
@@ -146,12 +146,12 @@ def load_run(model_dir, checkpoint=None, require_vocab=True):
         raise InputError(f"{model_dir} has no bert_config.json: not a run "
                          f"of train.pretrain")
     try:
-        bert_config = modeling.BertConfig.from_json_file(config_file)
+        bert_config = bert.BertConfig.from_json_file(config_file)
     except ValueError as error:
         raise InputError(str(error).splitlines()[0]) from None
     if checkpoint:
         try:
-            prefix = checkpoints.resolve_checkpoint(checkpoint)
+            prefix = init_checkpoints.resolve_checkpoint(checkpoint)
         except ValueError as error:
             raise InputError(f"--checkpoint: {error}") from None
     else:
@@ -160,10 +160,10 @@ def load_run(model_dir, checkpoint=None, require_vocab=True):
             raise InputError(f"{model_dir} has no checkpoint to export")
     vocab_file = _vocab_file(model_dir, bert_config, require_vocab)
     with _float32_policy():
-        model = modeling.BertPretrainer(bert_config)
+        model = bert.BertPretrainer(bert_config)
         model.build_for(bert_config.max_position_embeddings, 1)
     try:
-        checkpoints.init_from_checkpoint(model, prefix)
+        init_checkpoints.init_from_checkpoint(model, prefix)
     except ValueError as error:
         raise _fit_error(error, prefix, config_file) from None
     return TrainedRun(model=model, bert_config=bert_config,
@@ -204,7 +204,7 @@ def google_checkpoint_values(model):
     """{Google name: float32 array} of a BertPretrainer's weights, as
     Google's checkpoints hold them (next-sentence weights [2, hidden])."""
     values = {}
-    for name, (variable, transposed) in checkpoints.google_variable_names(
+    for name, (variable, transposed) in init_checkpoints.google_variable_names(
             model).items():
         value = np.asarray(variable.numpy(), dtype=np.float32)
         values[name] = value.T if transposed else value
@@ -238,7 +238,7 @@ def huggingface_values(model):
     transformers' layouts (dense weights [out, in])."""
     values = {}
     for name, (variable, transposed) in huggingface.variable_names(
-            checkpoints.google_variable_names(model)).items():
+            init_checkpoints.google_variable_names(model)).items():
         value = np.asarray(variable.numpy(), dtype=np.float32)
         values[name] = value.T if transposed else value
     return values
@@ -255,7 +255,7 @@ def _export(run, output_dir, fmt):
         _copy_run_files(run, output_dir)
     else:
         root = hub_module.HubEncoder(
-            run.model, checkpoints.google_variable_names(run.model),
+            run.model, init_checkpoints.google_variable_names(run.model),
             run.vocab_file, run.bert_config_file, run.do_lower_case)
         hub_module.save_hub_object(root, output_dir)
     return output_dir

@@ -17,8 +17,8 @@ import threading
 import time
 
 from tf_lamb import distribute
-from train import preemption
-from train.errors import InputError
+from train.loop import preemption
+from train.runtime.errors import InputError
 
 
 def strategy_for(config):

@@ -9,10 +9,10 @@ already trained on.
 
 import tensorflow as tf
 
-from train import data_order
-from train.errors import DataError  # noqa: F401 (with the checks below)
+from train.data import order
+from train.runtime.errors import DataError  # noqa: F401 (with the checks below)
 # The checks of the files, re-exported: callers use input_pipeline's names.
-from train.record_checks import (  # noqa: F401
+from train.data.record_checks import (  # noqa: F401
     VOCAB_WARNING_RATIO, check_files, data_error)
 
 
@@ -58,7 +58,7 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
     `global_batch_size` is the batch of one micro-step over all replicas.
     The order is `train.data_order`'s, a function of the seed and the
     pipeline layout only; each batch carries its examples' positions
-    under `data_order.POSITION_KEY`. `start_positions`, per input
+    under `order.POSITION_KEY`. `start_positions`, per input
     pipeline, is the (block, index) its stream starts at (a resume
     without replay); else `batches_to_skip` per-replica batches per input
     pipeline are read and dropped (before parsing).
@@ -70,7 +70,7 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
         pipeline = input_context.input_pipeline_id
         start = (0, 0) if start_positions is None else (
             start_positions[pipeline])
-        dataset = data_order.stream(
+        dataset = order.stream(
             files, seed, shuffle_buffer,
             pipelines=input_context.num_input_pipelines, pipeline=pipeline,
             start=start)
@@ -80,7 +80,7 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
 
         def parse(records, tags):
             features = parse_batch(records, max_seq_length, max_predictions)
-            features[data_order.POSITION_KEY] = tags
+            features[order.POSITION_KEY] = tags
             return features
 
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,

@@ -28,11 +28,11 @@ import time
 
 import tensorflow as tf
 
-from train import input_pipeline
-from train import metrics
-from train import modeling
-from train import paths
-from train.metrics import scalar_summary
+from train.data import reading
+from train.loop import metrics
+from train.loop.metrics import scalar_summary
+from train.model import bert
+from train.runtime import paths
 
 # The sums each replica returns for its batch, added over replicas and steps.
 SUM_NAMES = metrics.SUM_NAMES
@@ -67,7 +67,7 @@ def evaluation_sums(features, mlm_logits, nsp_logits):
     training, with the next-sentence terms weighted by
     `features[NSP_WEIGHT_KEY]` so that padding examples count for nothing.
     """
-    return modeling.pretraining_losses(features, mlm_logits, nsp_logits,
+    return bert.pretraining_losses(features, mlm_logits, nsp_logits,
                                        nsp_weights=features[NSP_WEIGHT_KEY])
 
 
@@ -94,12 +94,12 @@ class Evaluator:
     """Evaluates `model` on `files` under `strategy`.
 
     Arguments:
-      model: a built `modeling.BertPretrainer` whose variables were created
+      model: a built `bert.BertPretrainer` whose variables were created
         under `strategy.scope()` (e.g. the training loop's model).
       strategy: the tf.distribute strategy of the model (None: the default
         strategy).
       files: TFRecord paths (already expanded, e.g. by
-        `input_pipeline.check_files`), read in this order.
+        `reading.check_files`), read in this order.
       global_batch_size: examples per step over all replicas; divisible by
         the number of replicas.
       seq_length, max_predictions: the records' max_seq_length and
@@ -217,7 +217,7 @@ class Evaluator:
                                         input_context.input_pipeline_id)
 
             def parse(serialized, weights):
-                features = input_pipeline.parse_batch(serialized, seq_length,
+                features = reading.parse_batch(serialized, seq_length,
                                                       predictions)
                 features[NSP_WEIGHT_KEY] = weights
                 return features

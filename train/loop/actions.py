@@ -9,7 +9,7 @@ phase)` tells it a phase (or a stretch after a recovery) starts.
 
 import time
 
-from train.metrics import scalar_summary
+from train.loop.metrics import scalar_summary
 
 # More skipped updates than this share of a log interval's updates draws a
 # warning: dynamic loss scaling skips a few while it finds its scale, a

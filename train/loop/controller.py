@@ -17,8 +17,8 @@ each call, in this order:
 
 import time
 
-from train.errors import Preempted
-from train.preemption import StopOnSignals
+from train.loop.preemption import StopOnSignals
+from train.runtime.errors import Preempted
 
 
 def intervals(config):

@@ -33,7 +33,7 @@ import math
 import keras
 import tensorflow as tf
 
-from train import huggingface
+from train.interop import huggingface
 
 # (layers, hidden size, attention heads); the intermediate size is 4x hidden.
 # tiny..medium are the compact models of Turc et al. (2019).

@@ -14,8 +14,8 @@ import random
 
 import tensorflow as tf
 
-from train import paths
-from train.tokenization import SPECIAL_TOKENS
+from train.data.tokenization import SPECIAL_TOKENS
+from train.runtime import paths
 
 # Changes whenever the same text, vocabulary size and flags give other
 # examples, so that a cache of examples (train.pretrain's data directory) is

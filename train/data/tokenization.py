@@ -18,7 +18,7 @@ import unicodedata
 
 import tensorflow as tf
 
-from train import paths
+from train.runtime import paths
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 

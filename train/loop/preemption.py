@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 
-from train.errors import Interrupted
+from train.runtime.errors import Interrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

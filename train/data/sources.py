@@ -17,12 +17,12 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from train import corpus
-from train import examples
-from train import input_pipeline
-from train import paths
-from train import tokenization
-from train.errors import InputError
+from train.data import corpus
+from train.data import examples
+from train.data import reading
+from train.data import tokenization
+from train.runtime import paths
+from train.runtime.errors import InputError
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ def train_files(config, phases, bert_config):
     try:
         for phase, patterns in zip(phases, (config.train_files,
                                             config.phase2_train_files)):
-            result.append(phase.with_files(input_pipeline.check_files(
+            result.append(phase.with_files(reading.check_files(
                 patterns, phase.seq_length, phase.predictions,
                 bert_config.vocab_size)))
     except ValueError as error:

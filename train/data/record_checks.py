@@ -22,7 +22,7 @@ import sys
 
 import tensorflow as tf
 
-from train.errors import DataError
+from train.runtime.errors import DataError
 
 # A TFRecord record is framed as: length (uint64, little-endian), a masked
 # CRC-32C of the length (uint32), the data, a masked CRC-32C of the data.
@@ -59,8 +59,8 @@ VOCAB_WARNING_RATIO = 2
 
 def _feature_spec(max_seq_length, max_predictions):
     # Imported here: train.input_pipeline imports this module at its top.
-    from train import input_pipeline
-    return input_pipeline.feature_spec(max_seq_length, max_predictions)
+    from train.data import reading
+    return reading.feature_spec(max_seq_length, max_predictions)
 
 
 def _in_order(function, items, workers=None):
@@ -350,8 +350,8 @@ def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
     is more than VOCAB_WARNING_RATIO times larger than the highest token id
     read.
     """
-    from train import input_pipeline  # see _feature_spec
-    files = input_pipeline.matching_files(pattern_list, "TFRecord file")
+    from train.data import reading  # see _feature_spec
+    files = reading.matching_files(pattern_list, "TFRecord file")
     spec = _feature_spec(max_seq_length, max_predictions)
     describe = (f"max_seq_length={max_seq_length} and "
                 f"max_predictions_per_seq={max_predictions}")
