@@ -124,7 +124,7 @@ class EncoderLayer(keras.layers.Layer):
     `trainable=True` (the default) `model.fit` fine-tunes every encoder
     variable, with the encoder's dropout on in training.
 
-        encoder = train.export.load_encoder_layer("runs/pretrain/export")
+        encoder = load_encoder_layer("runs/pretrain/export")
         pooled = encoder(inputs)["pooled_output"]
     """
 
