@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from train.data import reading
+from train.data import record_checks
 
 
 def _example(rng, seq_len, predictions, vocab):
@@ -92,7 +92,7 @@ def main(argv=None):
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            checked = reading.check_files(
+            checked = record_checks.check_files(
                 [pattern], args.seq_len, args.predictions, args.vocab,
                 full_check_bytes=args.full_check_bytes)
             times.append(time.perf_counter() - start)

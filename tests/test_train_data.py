@@ -12,7 +12,9 @@ import tensorflow as tf
 from tests.support import train_testing as _testing
 from train.data import corpus
 from train.data import examples
+from train.data import features
 from train.data import reading
+from train.data import record_checks
 from train.data import sources
 from train.data import tokenization
 from train.loop import schedule
@@ -34,7 +36,7 @@ def test_default_corpus_is_deterministic_english_prose():
 
 def _parse_all(paths, seq, preds):
     dataset = tf.data.TFRecordDataset(paths).batch(1000).map(
-        lambda r: tf.io.parse_example(r, reading.feature_spec(
+        lambda r: tf.io.parse_example(r, features.feature_spec(
             seq, preds)))
     parts = [{k: v.numpy() for k, v in batch.items()} for batch in dataset]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -147,7 +149,7 @@ def test_pipeline_batches_are_static_and_deterministic(tmp_path):
     files, vocab = _testing.make_records(str(tmp_path), shards=2,
                                          max_documents=100, dupe_factor=1)
     size = len(open(vocab).read().splitlines())
-    assert reading.check_files([str(tmp_path / "*.tfrecord")], 32, 5,
+    assert record_checks.check_files([str(tmp_path / "*.tfrecord")], 32, 5,
                                       size) == sorted(files)
     make = reading.dataset_fn(files, 4, 32, 5, seed=1,
                                      shuffle_buffer=50)

@@ -64,7 +64,6 @@ if __name__ == "__main__":
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from train import create_pretraining_data as cpd  # noqa: E402
 from train import flags as train_flags  # noqa: E402
 from train.pretrain_lib import run_pretraining  # noqa: E402
 from train.runtime import errors  # noqa: E402
@@ -108,7 +107,6 @@ def main(argv):
 train_flags.define_flags()
 # `--help` lists the key flags of the main module: these are its flags.
 flags.adopt_module_key_flags(train_flags)
-flags.adopt_module_key_flags(cpd)
 
 if __name__ == "__main__":
     app.run(main)

@@ -27,7 +27,7 @@ import os
 import keras
 import tensorflow as tf
 
-from train.data import reading
+from train.data import record_checks
 from train.data import sources
 from train.data import tokenization
 from train.interop import exports
@@ -45,8 +45,6 @@ from train.plan import compile_plan
 from train.runtime import cluster
 from train.runtime import paths
 from train.runtime import scratch
-# Tests and callers of an earlier version import it from here.
-from train.loop.controller import next_stop as _next_stop  # noqa: F401
 from train.runtime.errors import InputError
 
 
@@ -129,7 +127,7 @@ def _check(config, strategy):
     eval_files = ()
     if config.evaluates:
         try:
-            eval_files = reading.check_files(
+            eval_files = record_checks.check_files(
                 config.eval_files, config.max_seq_length,
                 config.max_predictions_per_seq, bert_config.vocab_size)
         except ValueError as error:
@@ -184,7 +182,7 @@ def _reading(files, seq_length, predictions):
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
             UnicodeDecodeError) as error:
-        raise reading.data_error(
+        raise record_checks.data_error(
             error, files, seq_length, predictions) from None
 
 

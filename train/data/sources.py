@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from train.data import corpus
 from train.data import examples
-from train.data import reading
+from train.data import record_checks
 from train.data import tokenization
 from train.runtime import paths
 from train.runtime.errors import InputError
@@ -101,7 +101,7 @@ def train_files(config, phases, bert_config):
     try:
         for phase, patterns in zip(phases, (config.train_files,
                                             config.phase2_train_files)):
-            result.append(phase.with_files(reading.check_files(
+            result.append(phase.with_files(record_checks.check_files(
                 patterns, phase.seq_length, phase.predictions,
                 bert_config.vocab_size)))
     except ValueError as error:

@@ -33,7 +33,7 @@ import math
 import keras
 import tensorflow as tf
 
-from train.interop import huggingface
+from train.model import hf_config
 
 # (layers, hidden size, attention heads); the intermediate size is 4x hidden.
 # tiny..medium are the compact models of Turc et al. (2019).
@@ -76,11 +76,12 @@ class BertConfig:
     @classmethod
     def from_dict(cls, values, source="the BERT config"):
         """From Google's bert_config.json keys, or from transformers'
-        config.json of a BERT (`model_type: bert`, see train/huggingface)."""
+        config.json of a BERT (`model_type: bert`, see
+        train/model/hf_config.py)."""
         if not isinstance(values, dict):
             raise ValueError(f"{source} must hold a JSON object")
         if "model_type" in values:
-            values = huggingface.bert_config_values(values, source)
+            values = hf_config.bert_config_values(values, source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

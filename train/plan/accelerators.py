@@ -20,6 +20,12 @@ import time
 
 EXACT_FLOOR_BYTES_PER_PARAM = 44  # float32, benchmarks.optimizer_step
 
+# At most this many compiles to find the largest batch that fits on a chip
+# (train.plan.compile_plan; the default of --compile_for_max_compiles): a
+# program far too big for the chip makes the compiler work hard to fit it,
+# minutes per compile.
+MAX_FIT_COMPILES = 4
+
 # GpuTargetConfigProto fields (public chip specifications), as XLA:GPU reads
 # them to compile for a GPU that is not there.
 _GPU_FIELDS = """gpu_device_info {{ threads_per_block_limit: 1024
