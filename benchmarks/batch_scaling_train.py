@@ -1,14 +1,14 @@
 """One run of the batch-size study: train until a held-out loss target.
 
-`Session(setup, optimizer, batch)` builds one `train.trainer.Trainer` (model,
-optimizer, compiled loop) and one `train.evaluation.Evaluator` for an
-(optimizer, batch size) pair; `Session.run(...)` then trains from a fresh
-start (the seed's initial weights, zeroed optimizer state, update 0) with a
-learning rate, warmup and cap of its own, evaluates on the held-out examples
-along the way and stops at the tightest target or the cap. Every run of the
-pair reuses the compiled loop: the learning-rate schedule reads its peak,
-warmup and horizon from variables, so a new rate costs no retracing (tracing
-takes ~10 s on a 2-core CPU, longer than many runs).
+`Session(setup, optimizer, batch)` builds one `train.loop.trainer.Trainer`
+(model, optimizer, compiled loop) and one `train.loop.evaluation.Evaluator`
+for an (optimizer, batch size) pair; `Session.run(...)` then trains from a
+fresh start (the seed's initial weights, zeroed optimizer state, update 0)
+with a learning rate, warmup and cap of its own, evaluates on the held-out
+examples along the way and stops at the tightest target or the cap. Every
+run of the pair reuses the compiled loop: the learning-rate schedule reads
+its peak, warmup and horizon from variables, so a new rate costs no
+retracing (tracing takes ~10 s on a 2-core CPU, longer than many runs).
 """
 
 import dataclasses

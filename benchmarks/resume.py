@@ -3,7 +3,7 @@ r"""Time from start to the first batch of a resumed run's input pipeline.
 A resumed run starts its data where the checkpoint says (train/order.py:
 the order is a function of the position), so the wait before its first
 update should not grow with how far the run got. This times, in one
-process, building `train.input_pipeline.dataset_fn`'s pipeline and taking
+process, building `train.data.reading.dataset_fn`'s pipeline and taking
 its first batch when resuming at each of --updates (the position of the
 record after that many updates of --batch examples), against update 0; and
 the fallback that replays the data (a checkpoint without positions) at

@@ -1,4 +1,4 @@
-"""Start-up on many shards: the time of `train.input_pipeline.check_files`.
+"""Start-up on many shards: the time of `train.data.record_checks.check_files`.
 
 Writes one shard of random BERT pretraining examples, copies it --shards
 times into a folder under /tmp (or --dir), and times check_files over them

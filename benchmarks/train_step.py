@@ -1,10 +1,10 @@
 r"""A whole BERT train step with tf_lamb.Lamb vs keras.optimizers.Lamb.
 
 Tells whether the optimizer still matters in real training: the project's
-BERT (`train.modeling.BertPretrainer`: Google's architecture, tanh gelu,
+BERT (`train.model.bert.BertPretrainer`: Google's architecture, tanh gelu,
 dropout 0.1 with a fixed seed) of the size the flags give is trained on
 random tokens (15 % of the positions masked, random next-sentence labels)
-with the pretraining loss (masked LM + next sentence, as `train.trainer`
+with the pretraining loss (masked LM + next sentence, as `train.loop.trainer`
 takes it) in one `tf.function(jit_compile=True)` step (forward + backward +
 apply), timed for
 
@@ -38,7 +38,7 @@ CANDIDATES = ("fwd_bwd", "tf_lamb", "keras_lamb")
 
 
 def bert_config(args):
-    """The model the flags describe, as a `train.modeling.BertConfig`."""
+    """The model the flags describe, as a `train.model.bert.BertConfig`."""
     return bert.BertConfig(
         vocab_size=args.vocab, hidden_size=args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,

@@ -1,5 +1,5 @@
-"""The training controller and its actions (train/controller.py,
-train/actions.py), the metrics module, and the stop on a real signal
+"""The training controller and its actions (train/loop/controller.py,
+train/loop/actions.py), the metrics module, and the stop on a real signal
 inside one call of the compiled loop."""
 
 import contextlib

@@ -1,5 +1,5 @@
-"""train.evaluation: Google run_pretraining's eval metrics, checked against a
-NumPy computation from the model's own logits, on one device, under
+"""train.loop.evaluation: Google run_pretraining's eval metrics, checked
+against a NumPy computation from the model's own logits, on one device, under
 MirroredStrategy (2 logical CPUs, see conftest.py) and under
 MultiWorkerMirroredStrategy (2 worker processes)."""
 

@@ -1,5 +1,6 @@
-"""train.modeling computes Google BERT's function; train.checkpoints loads
-Google's and our own checkpoints into it.
+"""train.model.bert computes Google BERT's function;
+train.interop.init_checkpoints loads Google's and our own checkpoints into
+it.
 
 The expectation is tests/references/numpy_bert.py, a float64 NumPy forward pass written
 from the architecture with weights under Google's checkpoint names.

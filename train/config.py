@@ -146,7 +146,8 @@ class PretrainConfig:
     mixed_precision: str = "float32"
     jit_compile: bool = False
     steps_per_loop: int = 100
-    compile_for: Optional[str] = None  # a chip of train.accelerators.TARGETS
+    # A chip of train.plan.accelerators.TARGETS.
+    compile_for: Optional[str] = None
     # Of the batch search, the asked batch included.
     compile_for_max_compiles: int = accelerators.MAX_FIT_COMPILES
     # -- evaluation

@@ -307,8 +307,8 @@ def _define_performance_flags():
                       "device (libtpu, or jax's CUDA plugin), and report "
                       "whether it compiles, the memory it needs against the "
                       "chip's, the largest per-chip batch that fits and a "
-                      "roofline estimate of its speed (train.compile_plan). "
-                      "Writes nothing.")
+                      "roofline estimate of its speed "
+                      "(train.plan.compile_plan). Writes nothing.")
     flags.DEFINE_integer("compile_for_max_compiles",
                          _default("compile_for_max_compiles"),
                          "With --compile_for: compile the step at most this "

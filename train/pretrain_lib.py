@@ -11,11 +11,11 @@ anything is written), make or reuse the examples, build the model and LAMB
 under the strategy, resume from the newest checkpoint in `model_dir`, train
 with logs, TensorBoard summaries and checkpoints, and export the encoder.
 
-The training itself is train/controller.py's: it runs the updates in calls
-of the compiled loop and fires the actions (log, summaries, checkpoints,
-evaluation) at their intervals, and handles preemption and divergence
-(docs/failures.md). This module is the wiring: config -> strategy -> data
--> trainer -> controller -> result.
+The training itself is train/loop/controller.py's: it runs the updates in
+calls of the compiled loop and fires the actions (log, summaries,
+checkpoints, evaluation) at their intervals, and handles preemption and
+divergence (docs/failures.md). This module is the wiring: config ->
+strategy -> data -> trainer -> controller -> result.
 """
 
 import contextlib
@@ -369,7 +369,7 @@ def _export_encoder(config, saved):
 
 def plan_for_chip(config):
     """`--compile_for`: the run's training step compiled for the chip named
-    (train.compile_plan), reported; nothing is trained or written. Returns
+    (train.plan.compile_plan), reported; nothing is trained or written. Returns
     the plan."""
     phases = config.phases()
     bert_config, _ = choice.resolve_model(config, phases)
@@ -412,7 +412,7 @@ def run_pretraining(config, strategy=None, record_files=None,
         `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
         for its model and optimizer).
 
-    Raises (train.errors; docs/failures.md):
+    Raises (train.runtime.errors; docs/failures.md):
         InputError: bad settings or data, before anything is written.
         DataError: a record that cannot be read, found while training or
             evaluating (checkpoints saved before it are kept).
@@ -429,7 +429,8 @@ def run_pretraining(config, strategy=None, record_files=None,
     checked = _check(config, strategy)
     # -- from here on, files are written ---------------------------------------
     chief = trainer_lib.is_chief(strategy)
-    # A non-chief's examples and checkpoint copies: in memory (scratch.py).
+    # A non-chief's examples and checkpoint copies: in memory
+    # (train/runtime/scratch.py).
     work_dir = config.model_dir if chief else scratch.memory_dir("worker")
     # The run's precision is Keras' global policy while it builds its
     # model; the caller's is given back when it returns (the model keeps

@@ -3,7 +3,7 @@
 Everything is decided from a `PretrainConfig` and returned; nothing here
 changes the phases it is given. The checks (`find_source`, `train_files`)
 write nothing; only `prepare_examples` writes, into the run's data
-directory. Which model a run trains is `train.model_setup`'s.
+directory. Which model a run trains is `train.model.choice`'s.
 """
 
 import collections

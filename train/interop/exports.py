@@ -244,7 +244,7 @@ def export(model_dir, output_dir, fmt="saved_model", checkpoint=None,
 def export_saved_model(model_dir, output_dir, checkpoint=None,
                        overwrite=False, require_vocab=True):
     """The encoder of a run's checkpoint as a TF Hub-style SavedModel (see
-    train/hub_module.py).  With `require_vocab=False` (the end of a run
+    train/interop/hub_module.py).  With `require_vocab=False` (the end of a run
     trained from TFRecords without --vocab_file) a run without vocab.txt
     is exported without `vocab_file`."""
     return export(model_dir, output_dir, "saved_model", checkpoint,

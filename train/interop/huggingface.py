@@ -13,9 +13,9 @@ A folder in this layout holds
 * `vocab.txt`, `tokenizer_config.json` and `special_tokens_map.json`:
   what `BertTokenizer` (transformers) and `BertTokenizer` (KerasHub) read.
 
-The names come from Google's (`checkpoints.google_variable_names`) by one
-rule, `hf_name`, so the three layouts this project reads and writes cannot
-drift apart.  Reading accepts what transformers' own loader accepts of a
+The names come from Google's (`init_checkpoints.google_variable_names`) by
+one rule, `hf_name`, so the three layouts this project reads and writes
+cannot drift apart.  Reading accepts what transformers' own loader accepts of a
 BERT: LayerNorm parameters as `gamma`/`beta` (older checkpoints), a sharded
 `model.safetensors.index.json`, float16 weights.
 """
@@ -72,7 +72,7 @@ def hf_name(google_name):
 
 def variable_names(google_names):
     """{transformers name: (variable, transposed)} from
-    checkpoints.google_variable_names(model): `transposed` is True where
+    init_checkpoints.google_variable_names(model): `transposed` is True where
     transformers stores the transpose of the model's variable."""
     names = {}
     for google_name, (variable, google_transposed) in google_names.items():
@@ -114,7 +114,7 @@ def _canonical(name):
 
 class Reader:
     """The weights of a Hugging Face folder, with the methods of
-    `tf.train.load_checkpoint`'s reader that checkpoints.py uses."""
+    `tf.train.load_checkpoint`'s reader that init_checkpoints.py uses."""
 
     def __init__(self, folder):
         safetensors = _safetensors()

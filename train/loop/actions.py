@@ -1,7 +1,7 @@
 """What the controller does between calls of the compiled training loop,
 each at its own interval: the log line and summaries, the checkpoint, the
-evaluation (train/controller.py fires them; the preemption and divergence
-handling live there and in train/run_checkpoints.py).
+evaluation (train/loop/controller.py fires them; the preemption and
+divergence handling live there and in train/loop/checkpoints.py).
 
 Each action has `due(step, phase_end)` and `__call__(step)`; `begin(step,
 phase)` tells it a phase (or a stretch after a recovery) starts.

@@ -7,7 +7,7 @@ it, and `measure` reads what the compiler made of it: the kernels launched,
 the cost analysis (TPU), an estimate of the device-memory traffic, and the
 memory the program needs. `python -m benchmarks.compile_for` reports this
 for exported optimizer steps; `python -m train.pretrain --compile_for=...`
-for the training step (`train.compile_plan`).
+for the training step (`train.plan.compile_plan`).
 
 Neither compiler is a dependency (libtpu ~480 MB, the CUDA plugin
 ~5.5 GB): without one, `CompilerMissing` says which command installs it.

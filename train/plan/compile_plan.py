@@ -5,7 +5,7 @@ flags (model, sequence length, batch, precision, accumulation, optimizer),
 builds the training step that `--jit_compile` runs on one replica (forward,
 backward, gradient accumulation and the LAMB update, one XLA program),
 compiles it with the target's own compiler without the device
-(`train.accelerators`) and reports, training nothing and writing nothing:
+(`train.plan.accelerators`) and reports, training nothing and writing nothing:
 
 - whether it compiles (with the compiler's first error line if not);
 - the memory it needs (arguments, temporaries, outputs not updated in place)
