@@ -67,6 +67,7 @@ from absl import flags  # noqa: E402
 from train import flags as train_flags  # noqa: E402
 from train.pretrain_lib import run_pretraining  # noqa: E402
 from train.runtime import errors  # noqa: E402
+from train.runtime import run_dir  # noqa: E402
 
 
 def run_from_flags(flag_values):
@@ -74,7 +75,7 @@ def run_from_flags(flag_values):
     run_pretraining's metrics (InputError for bad flags or data)."""
     config = train_flags.config_from_flags(flag_values)
     return run_pretraining(config, record_files={
-        "flags.txt": train_flags.flags_file(config, flag_values)})
+        run_dir.FLAGS: train_flags.flags_file(config, flag_values)})
 
 
 def main(argv):

@@ -43,7 +43,7 @@ from train.model import choice
 from train.plan import accelerators
 from train.plan import compile_plan
 from train.runtime import cluster
-from train.runtime import paths
+from train.runtime import run_dir
 from train.runtime import scratch
 from train.runtime.errors import InputError
 
@@ -140,20 +140,11 @@ def _check(config, strategy):
                     if latest else None)
 
 
-# In --model_dir: the learning-rate schedule of the run that wrote it, so
-# that a resumed run can tell when its flags give another one.
-SCHEDULE_FILE = "schedule.json"
-
-
 def _saved_schedule(model_dir):
     """The schedule.json of a run in `model_dir` as a dict, or None (a run
     of an earlier version wrote none; it only serves a warning)."""
-    path = os.path.join(model_dir, SCHEDULE_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
     try:
-        with tf.io.gfile.GFile(path) as fh:
-            return json.load(fh)
+        return run_dir.read_json(model_dir, run_dir.SCHEDULE)
     except (ValueError, tf.errors.OpError):
         return None
 
@@ -196,7 +187,7 @@ def _prepare_data(config, checked, work_dir):
     heldout = None
     if checked.source is not None:
         phases, vocab_file, heldout = sources.prepare_examples(
-            os.path.join(work_dir, "data"), checked.source, phases, config,
+            run_dir.path(work_dir, run_dir.DATA), checked.source, phases, config,
             bert_config)
     if bert_config is None:
         bert_config = bert.BertConfig.for_size(
@@ -211,16 +202,13 @@ def _write_run_files(config, phases, bert_config, vocab_file, record_files):
     been restored: a run that stops on a checkpoint it cannot read leaves
     the files of the run that wrote it as they were). Each file is written
     whole under a new name, then renamed over the old one."""
-    model_dir = config.model_dir
     files = dict(record_files or {})
-    files["bert_config.json"] = bert_config.to_json_string()
-    files[SCHEDULE_FILE] = json.dumps(trainer_lib.make_schedule(
+    files[run_dir.BERT_CONFIG] = bert_config.to_json_string()
+    files[run_dir.SCHEDULE] = json.dumps(trainer_lib.make_schedule(
         config, phases).get_config(), indent=2) + "\n"
-    for name, text in files.items():
-        paths.write_atomically(os.path.join(model_dir, name), text)
-    run_vocab = os.path.join(model_dir, "vocab.txt")
-    if vocab_file and not paths.same(vocab_file, run_vocab):
-        paths.write_atomically(run_vocab, paths.read_text(vocab_file))
+    files[run_dir.CONFIG] = run_dir.config_text(config)
+    run_dir.write(config.model_dir, files)
+    run_dir.copy_vocab(config.model_dir, vocab_file)
 
 
 def _evaluate_heldout(config, trainer, phase, heldout, chief):

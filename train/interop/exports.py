@@ -10,7 +10,6 @@ folder) passes before a file is written.
 
 import contextlib
 import dataclasses
-import json
 import os
 
 import keras
@@ -22,6 +21,7 @@ from train.interop import huggingface
 from train.interop import init_checkpoints
 from train.model import bert
 from train.runtime import paths
+from train.runtime import run_dir
 from train.runtime.errors import InputError
 
 GOOGLE_CHECKPOINT = "bert_model.ckpt"
@@ -51,28 +51,8 @@ def _float32_policy():
         keras.config.set_dtype_policy(previous)
 
 
-def _recorded_lower_case(model_dir):
-    """The run's --do_lower_case, from the flags or examples it recorded
-    (True, the default, when neither says)."""
-    flags_file = os.path.join(model_dir, "flags.txt")
-    if tf.io.gfile.exists(flags_file):
-        with tf.io.gfile.GFile(flags_file) as fh:
-            lines = [line.strip() for line in fh]
-        if "--nodo_lower_case" in lines or "--do_lower_case=false" in lines:
-            return False
-        if "--do_lower_case" in lines:
-            return True
-    metadata = os.path.join(model_dir, "data", "metadata.json")
-    if tf.io.gfile.exists(metadata):
-        with tf.io.gfile.GFile(metadata) as fh:
-            key = json.load(fh).get("key", {})
-        if "do_lower_case" in key:
-            return bool(key["do_lower_case"])
-    return True
-
-
 def _vocab_file(model_dir, bert_config, required):
-    path = os.path.join(model_dir, "vocab.txt")
+    path = run_dir.path(model_dir, run_dir.VOCAB)
     if not tf.io.gfile.exists(path):
         if required:
             raise InputError(f"{model_dir} has no vocab.txt: the export "
@@ -103,7 +83,7 @@ def load_run(model_dir, checkpoint=None, require_vocab=True):
     `TrainedRun`; InputError naming the problem otherwise."""
     if not tf.io.gfile.isdir(model_dir):
         raise InputError(f"--model_dir {model_dir} is not a directory")
-    config_file = os.path.join(model_dir, "bert_config.json")
+    config_file = run_dir.path(model_dir, run_dir.BERT_CONFIG)
     if not tf.io.gfile.exists(config_file):
         raise InputError(f"{model_dir} has no bert_config.json: not a run "
                          f"of train.pretrain")
@@ -130,7 +110,8 @@ def load_run(model_dir, checkpoint=None, require_vocab=True):
         raise _fit_error(error, prefix, config_file) from None
     return TrainedRun(model=model, bert_config=bert_config,
                       bert_config_file=config_file, vocab_file=vocab_file,
-                      do_lower_case=_recorded_lower_case(model_dir),
+                      do_lower_case=run_dir.recorded_setting(
+                          model_dir, "do_lower_case", True),
                       checkpoint=prefix)
 
 

@@ -6,13 +6,12 @@ whether a checkpoint already in --model_dir is of the same model.
 """
 
 import dataclasses
-import json
-import os
 
 import tensorflow as tf
 
 from train.data import tokenization
 from train.model import bert
+from train.runtime import run_dir
 from train.runtime.errors import InputError
 
 
@@ -89,7 +88,7 @@ def saved_model_config(model_dir):
     values = saved_bert_config(model_dir)
     if values is None:
         return None
-    path = os.path.join(model_dir, "bert_config.json")
+    path = run_dir.path(model_dir, run_dir.BERT_CONFIG)
     try:
         return ModelConfig(bert.BertConfig.from_dict(values, path), path)
     except ValueError as error:
@@ -98,11 +97,7 @@ def saved_model_config(model_dir):
 
 def saved_bert_config(model_dir):
     """The bert_config.json of a run in `model_dir` as a dict, or None."""
-    path = os.path.join(model_dir, "bert_config.json")
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as fh:
-        return json.load(fh)
+    return run_dir.read_json(model_dir, run_dir.BERT_CONFIG)
 
 
 def check_model_dir(config, bert_config):
