@@ -6,7 +6,7 @@ memory-traffic floors of the machine (exact LAMB, 44 B/param; copy,
 28 B/param).
 
 `python -m benchmarks.train_step`: a whole BERT train step (forward +
-backward + apply, `train.modeling`'s model) with either optimizer.
+backward + apply, `train.model.bert`'s model) with either optimizer.
 
 `python -m benchmarks.export_hlo`: writes the optimizer steps that
 optimizer_step times as XLA programs, for a device without TensorFlow.

@@ -1,14 +1,14 @@
 """One run of the batch-size study: train until a held-out loss target.
 
-`Session(setup, optimizer, batch)` builds one `train.trainer.Trainer` (model,
-optimizer, compiled loop) and one `train.evaluation.Evaluator` for an
-(optimizer, batch size) pair; `Session.run(...)` then trains from a fresh
-start (the seed's initial weights, zeroed optimizer state, update 0) with a
-learning rate, warmup and cap of its own, evaluates on the held-out examples
-along the way and stops at the tightest target or the cap. Every run of the
-pair reuses the compiled loop: the learning-rate schedule reads its peak,
-warmup and horizon from variables, so a new rate costs no retracing (tracing
-takes ~10 s on a 2-core CPU, longer than many runs).
+`Session(setup, optimizer, batch)` builds one `train.loop.trainer.Trainer`
+(model, optimizer, compiled loop) and one `train.loop.evaluation.Evaluator`
+for an (optimizer, batch size) pair; `Session.run(...)` then trains from a
+fresh start (the seed's initial weights, zeroed optimizer state, update 0)
+with a learning rate, warmup and cap of its own, evaluates on the held-out
+examples along the way and stops at the tightest target or the cap. Every
+run of the pair reuses the compiled loop: the learning-rate schedule reads
+its peak, warmup and horizon from variables, so a new rate costs no
+retracing (tracing takes ~10 s on a 2-core CPU, longer than many runs).
 """
 
 import dataclasses
@@ -23,16 +23,16 @@ import keras
 import tensorflow as tf
 
 import tf_lamb
+from train import create_pretraining_data as cpd
 from train import InputError
 from train import PretrainConfig
-from train import corpus
-from train import create_pretraining_data as cpd
-from train import evaluation
-from train import input_pipeline
-from train import modeling
-from train import tokenization
-from train import trainer as trainer_lib
-from train.cluster import strategy_for
+from train.data import corpus
+from train.data import reading
+from train.data import tokenization
+from train.loop import evaluation
+from train.loop import trainer as trainer_lib
+from train.model import bert
+from train.runtime.cluster import strategy_for
 
 # Weight decay skips LayerNorm and biases, for all three optimizers.
 EXCLUDED_FROM_DECAY = ("LayerNorm", "layer_norm", "bias")
@@ -45,7 +45,7 @@ class Setup:
 
     train_file: str
     eval_file: str
-    bert_config: object  # modeling.BertConfig
+    bert_config: object  # bert.BertConfig
     seq_length: int
     max_predictions: int
     weight_decay: float
@@ -213,7 +213,7 @@ class Session:
         # tf.data's shuffle draws from (global seed, op seed): the global
         # one is set too, or the order would depend on what ran before.
         tf.random.set_seed(seed)
-        fn = input_pipeline.dataset_fn(
+        fn = reading.dataset_fn(
             [self.setup.train_file], self.micro, self.setup.seq_length,
             self.setup.max_predictions, seed=seed,
             shuffle_buffer=self.trainer.config.shuffle_buffer)
@@ -292,7 +292,7 @@ class WeightBank:
     def __call__(self, seed):
         if seed not in self._weights:
             keras.utils.set_random_seed(seed)
-            model = modeling.BertPretrainer(self.bert_config)
+            model = bert.BertPretrainer(self.bert_config)
             model.build_for(*self.shape)
             self._weights[seed] = model.get_weights()
             del model
@@ -339,7 +339,7 @@ def make_data(args, data_dir):
         max_seq_length=args.seq_length, max_predictions=args.max_predictions,
         dupe_factor=args.eval_dupe_factor, seed=args.seed + 1)
     vocab = len(tokenization.read_vocab(paths["vocab"]))
-    bert_config = modeling.BertConfig(
+    bert_config = bert.BertConfig(
         vocab_size=vocab, hidden_size=args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=args.intermediate,
@@ -374,7 +374,7 @@ class Runner:
             strategy=args.strategy, tpu=args.tpu, num_gpus=args.num_gpus))
         paths = make_data(args, data_dir)
         with open(paths["bert_config"]) as f:
-            bert_config = modeling.BertConfig.from_dict(
+            bert_config = bert.BertConfig.from_dict(
                 json.load(f), paths["bert_config"])
         self.setup = Setup(
             train_file=paths["train"], eval_file=paths["eval"],

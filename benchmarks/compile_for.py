@@ -50,7 +50,7 @@ import tempfile
 import time
 
 from benchmarks import _common
-from train.accelerators import (EXACT_FLOOR_BYTES_PER_PARAM, TARGETS,
+from train.plan.accelerators import (EXACT_FLOOR_BYTES_PER_PARAM, TARGETS,
                                 CompilerMissing, compile_proto, measure,
                                 target_device)
 

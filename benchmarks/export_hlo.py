@@ -40,7 +40,7 @@ import sys
 
 from benchmarks import _common
 from benchmarks import optimizer_step
-from train.accelerators import without_copies
+from train.plan.accelerators import without_copies
 
 CANDIDATES = ("tf_lamb", "keras_lamb_xla")
 MANIFEST = "manifest.json"

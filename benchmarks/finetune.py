@@ -65,11 +65,11 @@ from benchmarks.finetune_tasks import (
     Encoding, make_order_task, make_package_task, split_documents,
     write_pretraining_corpus)
 from train import PretrainConfig, run_pretraining
-from train import checkpoints
-from train import corpus
-from train import hub_module
-from train import modeling
-from train.errors import InputError
+from train.data import corpus
+from train.interop import hub_module
+from train.interop import init_checkpoints
+from train.model import bert
+from train.runtime.errors import InputError
 
 TASKS = ("order", "package")
 ROWS = ("bag_of_words", "random", "pretrained")
@@ -179,12 +179,12 @@ def random_saved_model(pretrained, path, seed):
     loaded = tf.saved_model.load(pretrained)
     config_file = loaded.bert_config_file.asset_path.numpy().decode()
     vocab_file = loaded.vocab_file.asset_path.numpy().decode()
-    bert_config = modeling.BertConfig.from_json_file(config_file)
+    bert_config = bert.BertConfig.from_json_file(config_file)
     keras.utils.set_random_seed(seed)
-    model = modeling.BertPretrainer(bert_config)
+    model = bert.BertPretrainer(bert_config)
     model.build_for(bert_config.max_position_embeddings, 1)
     hub_module.save_hub_object(hub_module.HubEncoder(
-        model, checkpoints.google_variable_names(model), vocab_file,
+        model, init_checkpoints.google_variable_names(model), vocab_file,
         config_file, bool(loaded.do_lower_case.numpy())), path)
     return path
 

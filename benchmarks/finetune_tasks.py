@@ -24,8 +24,8 @@ from typing import Tuple
 
 import numpy as np
 
-from train import corpus
-from train import tokenization
+from train.data import corpus
+from train.data import tokenization
 
 
 @dataclasses.dataclass(frozen=True)

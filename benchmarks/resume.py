@@ -1,9 +1,9 @@
 r"""Time from start to the first batch of a resumed run's input pipeline.
 
-A resumed run starts its data where the checkpoint says (train/data_order.py:
+A resumed run starts its data where the checkpoint says (train/order.py:
 the order is a function of the position), so the wait before its first
 update should not grow with how far the run got. This times, in one
-process, building `train.input_pipeline.dataset_fn`'s pipeline and taking
+process, building `train.data.reading.dataset_fn`'s pipeline and taking
 its first batch when resuming at each of --updates (the position of the
 record after that many updates of --batch examples), against update 0; and
 the fallback that replays the data (a checkpoint without positions) at
@@ -26,10 +26,10 @@ import time
 
 import tensorflow as tf
 
-from train import corpus
 from train import create_pretraining_data as cpd
-from train import data_order
-from train import input_pipeline
+from train.data import corpus
+from train.data import order
+from train.data import reading
 
 SEQ, PREDICTIONS = 128, 20
 
@@ -85,7 +85,7 @@ def position_after(files, args, records):
               for path in files}
     block = 0
     while True:
-        chosen = data_order.block_files(
+        chosen = order.block_files(
             files, tf.constant(block, tf.int64), args.seed).numpy()
         size = sum(counts[path] for path in chosen)
         if records < size:
@@ -97,13 +97,13 @@ def position_after(files, args, records):
 def first_batch_seconds(files, args, start=None, replay=0):
     """Seconds from building the pipeline to holding its first batch."""
     started = time.perf_counter()
-    make = input_pipeline.dataset_fn(
+    make = reading.dataset_fn(
         files, args.batch, SEQ, PREDICTIONS, seed=args.seed,
         batches_to_skip=replay, shuffle_buffer=args.shuffle_buffer,
         start_positions=None if start is None else [start])
     batch = next(iter(make(tf.distribute.InputContext())))
     seconds = time.perf_counter() - started
-    return seconds, batch[data_order.POSITION_KEY].numpy()[0].tolist()
+    return seconds, batch[order.POSITION_KEY].numpy()[0].tolist()
 
 
 def run(args):

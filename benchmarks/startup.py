@@ -1,4 +1,4 @@
-"""Start-up on many shards: the time of `train.input_pipeline.check_files`.
+"""Start-up on many shards: the time of `train.data.record_checks.check_files`.
 
 Writes one shard of random BERT pretraining examples, copies it --shards
 times into a folder under /tmp (or --dir), and times check_files over them
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from train import input_pipeline
+from train.data import record_checks
 
 
 def _example(rng, seq_len, predictions, vocab):
@@ -92,7 +92,7 @@ def main(argv=None):
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            checked = input_pipeline.check_files(
+            checked = record_checks.check_files(
                 [pattern], args.seq_len, args.predictions, args.vocab,
                 full_check_bytes=args.full_check_bytes)
             times.append(time.perf_counter() - start)

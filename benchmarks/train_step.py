@@ -1,10 +1,10 @@
 r"""A whole BERT train step with tf_lamb.Lamb vs keras.optimizers.Lamb.
 
 Tells whether the optimizer still matters in real training: the project's
-BERT (`train.modeling.BertPretrainer`: Google's architecture, tanh gelu,
+BERT (`train.model.bert.BertPretrainer`: Google's architecture, tanh gelu,
 dropout 0.1 with a fixed seed) of the size the flags give is trained on
 random tokens (15 % of the positions masked, random next-sentence labels)
-with the pretraining loss (masked LM + next sentence, as `train.trainer`
+with the pretraining loss (masked LM + next sentence, as `train.loop.trainer`
 takes it) in one `tf.function(jit_compile=True)` step (forward + backward +
 apply), timed for
 
@@ -32,14 +32,14 @@ import tensorflow as tf
 
 import tf_lamb
 from benchmarks import _common
-from train import modeling
+from train.model import bert
 
 CANDIDATES = ("fwd_bwd", "tf_lamb", "keras_lamb")
 
 
 def bert_config(args):
-    """The model the flags describe, as a `train.modeling.BertConfig`."""
-    return modeling.BertConfig(
+    """The model the flags describe, as a `train.model.bert.BertConfig`."""
+    return bert.BertConfig(
         vocab_size=args.vocab, hidden_size=args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=args.intermediate,
@@ -78,7 +78,7 @@ def make_data(args):
 
 def pretraining_loss(features, mlm_logits, nsp_logits):
     """Mean masked-LM loss plus mean next-sentence loss."""
-    stats = modeling.pretraining_losses(features, mlm_logits, nsp_logits)
+    stats = bert.pretraining_losses(features, mlm_logits, nsp_logits)
     return (stats["mlm_loss_sum"] / (stats["mlm_weight"] + 1e-5)
             + stats["nsp_loss_sum"] / stats["nsp_count"])
 
@@ -87,7 +87,7 @@ def setup_candidate(args, name):
     """A callable that runs (and waits for) one train step of `name`, the
     parameter count, and the list the losses are appended to."""
     keras.utils.set_random_seed(args.seed)
-    model = modeling.BertPretrainer(bert_config(args))
+    model = bert.BertPretrainer(bert_config(args))
     model.build_for(args.seq_len, predictions_per_sequence(args.seq_len))
     features = make_data(args)
     dropout_seed = tf.constant([args.seed, 0], tf.int64)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from train import accelerators
+from train.plan import accelerators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600

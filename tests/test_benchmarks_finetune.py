@@ -12,7 +12,7 @@ import pytest
 from benchmarks import finetune
 from benchmarks import finetune_bag_of_words
 from benchmarks import finetune_tasks
-from train import corpus
+from train.data import corpus
 from tests.support import train_testing
 
 QUICK = finetune.FinetuneConfig.quick("unused")

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from train import accelerators, compile_plan
-from train import modeling
+from train.model import bert
+from train.plan import accelerators, compile_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -146,23 +146,23 @@ def test_the_search_jumps_to_the_predicted_batch_within_its_budget():
 
 def test_roofline_takes_the_slower_bound():
     spec = {"peak_flops": 100e12, "hbm_bytes_per_s": 1e12}
-    bert = modeling.BertConfig.for_size("base", 30522)
+    bert_config = bert.BertConfig.for_size("base", 30522)
     step = compile_plan.CompiledStep(32, True, flops=50e12,
                                      bytes_accessed=0.2e12)
-    estimate = compile_plan.roofline(step, spec, bert, 128, 20)
+    estimate = compile_plan.roofline(step, spec, bert_config, 128, 20)
     assert estimate["bound"] == "compute"
     assert estimate["step_s"] == pytest.approx(0.5)
     assert estimate["examples_per_s"] == pytest.approx(64)
     step = compile_plan.CompiledStep(32, True, flops=None,
                                      device_memory_bytes=2e12)
-    estimate = compile_plan.roofline(step, spec, bert, 128, 20)
+    estimate = compile_plan.roofline(step, spec, bert_config, 128, 20)
     assert estimate["flops_source"] == "model"
     assert estimate["bound"] == "memory" and estimate["step_s"] == 2.0
 
 
 def test_model_flops_are_six_per_weight_per_token_and_more():
-    bert = modeling.BertConfig.for_size("base", 30522)
-    flops = compile_plan.model_flops(bert, 256, 128, 20)
+    bert_config = bert.BertConfig.for_size("base", 30522)
+    flops = compile_plan.model_flops(bert_config, 256, 128, 20)
     encoder_weights = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
     assert flops > 6 * encoder_weights * 256 * 128
     assert flops < 1.5 * 6 * encoder_weights * 256 * 128

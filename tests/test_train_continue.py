@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.references import google_checkpoint
 from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
-from train import evaluation
+from train.loop import evaluation
 
 BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 

@@ -1,5 +1,5 @@
-"""The training controller and its actions (train/controller.py,
-train/actions.py), the metrics module, and the stop on a real signal
+"""The training controller and its actions (train/loop/controller.py,
+train/loop/actions.py), the metrics module, and the stop on a real signal
 inside one call of the compiled loop."""
 
 import contextlib
@@ -14,14 +14,14 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from train import InputError, PretrainConfig
-from train import actions
-from train import controller as controller_lib
-from train import errors
-from train import metrics
-from train import modeling
-from train import trainer as trainer_lib
 from train.config import Phase
-from train.preemption import StopOnSignals
+from train.loop import actions
+from train.loop import controller as controller_lib
+from train.loop import metrics
+from train.loop import trainer as trainer_lib
+from train.loop.preemption import StopOnSignals
+from train.model import bert
+from train.runtime import errors
 
 
 class FakeTrainer:
@@ -273,7 +273,7 @@ def test_a_real_signal_stops_a_call_of_100_updates_inside_it(tmp_path):
         warmup_steps=1, shuffle_buffer=100, train_files=tuple(files),
         vocab_file=vocab, num_train_steps=200, model_dir=str(tmp_path))
     phases = [config.phases()[0].with_files(files)]
-    bert_config = modeling.BertConfig.for_size("tiny", 600)
+    bert_config = bert.BertConfig.for_size("tiny", 600)
     trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(),
                                   bert_config, phases)
     iterator = trainer.distributed_iterator(0, 0)

@@ -11,7 +11,10 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
-from train import input_pipeline
+from train.data import features
+from train.data import reading
+from train.data import record_checks
+from train.runtime.errors import DataError
 
 SEQ, PREDS = 32, 5
 
@@ -52,7 +55,7 @@ def _big_file(records, path, count, corrupt_index):
 
 
 def _read_until_error(files, batches=1000):
-    make = input_pipeline.dataset_fn(files, 8, SEQ, PREDS, seed=3,
+    make = reading.dataset_fn(files, 8, SEQ, PREDS, seed=3,
                                      shuffle_buffer=16)
     with pytest.raises(tf.errors.OpError) as caught:
         for _ in zip(range(batches), make(tf.distribute.InputContext())):
@@ -71,13 +74,13 @@ def test_flipped_byte_past_the_start_up_check_is_named_with_its_offset(
     # records of the other, which is over the byte budget: it passes.
     budget = os.path.getsize(good) + 100
     assert os.path.getsize(bad) > budget
-    assert input_pipeline.check_files(
+    assert record_checks.check_files(
         [str(tmp_path / "*.tfrecord")], SEQ, PREDS, records["vocab_size"],
         full_check_bytes=budget, records_checked=16) == files
     error = _read_until_error(files)
     assert isinstance(error, tf.errors.DataLossError)
-    found = input_pipeline.data_error(error, files)
-    assert isinstance(found, input_pipeline.DataError)
+    found = record_checks.data_error(error, files)
+    assert isinstance(found, DataError)
     assert isinstance(found, ValueError)
     message = str(found)
     assert "\n" not in message
@@ -87,8 +90,8 @@ def test_flipped_byte_past_the_start_up_check_is_named_with_its_offset(
     assert f"the record at byte {offset + 12} is corrupt" in message
     # With the default budget the start-up check reads it whole and fails.
     expected = f"{bad} is corrupt at byte {offset + 12}"
-    with pytest.raises(input_pipeline.DataError, match=re.escape(expected)):
-        input_pipeline.check_files([good, bad], SEQ, PREDS,
+    with pytest.raises(DataError, match=re.escape(expected)):
+        record_checks.check_files([good, bad], SEQ, PREDS,
                                    records["vocab_size"])
 
 
@@ -105,8 +108,8 @@ def test_truncated_file_fails_the_start_up_check(records, tmp_path):
         # byte budget (tf.data ends a file whose last header is cut short
         # without an error).
         for budget in (64 << 20, 10):
-            with pytest.raises(input_pipeline.DataError) as caught:
-                input_pipeline.check_files([cut], SEQ, PREDS,
+            with pytest.raises(DataError) as caught:
+                record_checks.check_files([cut], SEQ, PREDS,
                                            records["vocab_size"],
                                            full_check_bytes=budget)
             message = str(caught.value)
@@ -114,7 +117,7 @@ def test_truncated_file_fails_the_start_up_check(records, tmp_path):
             assert cut in message
             assert f"record #49 at byte {last} is truncated" in message
         # data_error finds it too (for a file checked by other means).
-        found = input_pipeline.data_error(
+        found = record_checks.data_error(
             tf.errors.DataLossError(None, None, "corrupted record at 7"),
             [records["file"], cut])
         assert f"{cut}: record #49 at byte {last} is truncated" in str(found)
@@ -127,10 +130,10 @@ def test_record_that_is_not_an_example_is_named(records, tmp_path):
                      + serialized[70:])
     assert offsets[70] > 0
     files = [path]
-    input_pipeline.check_files(files, SEQ, PREDS, records["vocab_size"],
+    record_checks.check_files(files, SEQ, PREDS, records["vocab_size"],
                                full_check_bytes=10, records_checked=16)
     error = _read_until_error(files)
-    found = str(input_pipeline.data_error(error, files, SEQ, PREDS))
+    found = str(record_checks.data_error(error, files, SEQ, PREDS))
     assert "\n" not in found
     assert path in found and "not a BERT pretraining example" in found
 
@@ -139,24 +142,24 @@ def test_unexplained_error_still_gives_one_line(records):
     error = tf.errors.UnavailableError(
         None, None, "{{function_node __wrapped__IteratorGetNext}} socket "
         "closed\nmore lines [Op:IteratorGetNext]")
-    found = input_pipeline.data_error(error, [records["file"]])
+    found = record_checks.data_error(error, [records["file"]])
     assert str(found) == (f"Reading TFRecord {records['file']} failed: "
                           f"socket closed")
 
 
 def test_vocabulary_much_larger_than_the_ids_is_warned_of(records, capfd):
-    ids = [tf.io.parse_example(r, input_pipeline.feature_spec(SEQ, PREDS))
+    ids = [tf.io.parse_example(r, features.feature_spec(SEQ, PREDS))
            for r in tf.data.TFRecordDataset(records["file"]).batch(10000)]
     max_id = max(int(tf.reduce_max(p[k])) for p in ids
                  for k in ("input_ids", "masked_lm_ids"))
     size = records["vocab_size"]
     assert max_id < size
-    input_pipeline.check_files([records["file"]], SEQ, PREDS, size)
+    record_checks.check_files([records["file"]], SEQ, PREDS, size)
     assert "Warning" not in capfd.readouterr().err
-    big = input_pipeline.VOCAB_WARNING_RATIO * (max_id + 1) + 1
-    input_pipeline.check_files([records["file"]], SEQ, PREDS, big - 1)
+    big = record_checks.VOCAB_WARNING_RATIO * (max_id + 1) + 1
+    record_checks.check_files([records["file"]], SEQ, PREDS, big - 1)
     assert "Warning" not in capfd.readouterr().err
-    input_pipeline.check_files([records["file"]], SEQ, PREDS, big)
+    record_checks.check_files([records["file"]], SEQ, PREDS, big)
     err = capfd.readouterr().err
     assert (f"Warning: the vocabulary has {big} tokens but the highest "
             f"token id in the records checked is {max_id} ") in err, err

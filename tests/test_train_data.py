@@ -10,12 +10,14 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
-from train import corpus
-from train import data
-from train import examples
-from train import input_pipeline
-from train import schedule
-from train import tokenization
+from train.data import corpus
+from train.data import examples
+from train.data import features
+from train.data import reading
+from train.data import record_checks
+from train.data import sources
+from train.data import tokenization
+from train.loop import schedule
 
 
 def test_default_corpus_is_deterministic_english_prose():
@@ -34,7 +36,7 @@ def test_default_corpus_is_deterministic_english_prose():
 
 def _parse_all(paths, seq, preds):
     dataset = tf.data.TFRecordDataset(paths).batch(1000).map(
-        lambda r: tf.io.parse_example(r, input_pipeline.feature_spec(
+        lambda r: tf.io.parse_example(r, features.feature_spec(
             seq, preds)))
     parts = [{k: v.numpy() for k, v in batch.items()} for batch in dataset]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -147,15 +149,15 @@ def test_pipeline_batches_are_static_and_deterministic(tmp_path):
     files, vocab = _testing.make_records(str(tmp_path), shards=2,
                                          max_documents=100, dupe_factor=1)
     size = len(open(vocab).read().splitlines())
-    assert input_pipeline.check_files([str(tmp_path / "*.tfrecord")], 32, 5,
+    assert record_checks.check_files([str(tmp_path / "*.tfrecord")], 32, 5,
                                       size) == sorted(files)
-    make = input_pipeline.dataset_fn(files, 4, 32, 5, seed=1,
+    make = reading.dataset_fn(files, 4, 32, 5, seed=1,
                                      shuffle_buffer=50)
     context = tf.distribute.InputContext()
     first = [b["input_ids"].numpy() for b in make(context).take(6)]
     again = [b["input_ids"].numpy() for b in make(context).take(6)]
     np.testing.assert_array_equal(first, again)
-    skipping = input_pipeline.dataset_fn(files, 4, 32, 5, seed=1,
+    skipping = reading.dataset_fn(files, 4, 32, 5, seed=1,
                                          batches_to_skip=4,
                                          shuffle_buffer=50)
     skipped = [b["input_ids"].numpy() for b in skipping(context).take(2)]
@@ -187,7 +189,7 @@ def test_schedule_warmup_decay_and_phase2():
 def test_made_examples_are_counted_in_numbers(tmp_path, capsys):
     """The line after making examples gives numbers, one per phase, not a
     Python list ("-> [1637] examples")."""
-    from train import data
+    from train.data import sources
     from train.config import PretrainConfig
     text = _testing.write_small_corpus(str(tmp_path / "text.txt"), 60)
     for changes, wanted in (
@@ -199,8 +201,8 @@ def test_made_examples_are_counted_in_numbers(tmp_path, capsys):
         config = PretrainConfig(
             input_file=text, max_seq_length=32, max_predictions_per_seq=5,
             vocab_size=300, dupe_factor=1, **changes)
-        data.prepare_examples(str(tmp_path / f"data{len(changes)}"),
-                              data.find_source(config), config.phases(),
+        sources.prepare_examples(str(tmp_path / f"data{len(changes)}"),
+                              sources.find_source(config), config.phases(),
                               config, None)
         out = capsys.readouterr().out
         assert re.search(wanted, out), out
@@ -229,14 +231,14 @@ def test_schedule_change_warning():
 def test_heldout_split_depends_on_the_text_alone():
     documents = [[f"sentence {i} of a document.", f"another {i}."]
                  for i in range(2000)]
-    train, heldout = data.split_heldout(documents, 0.05)
+    train, heldout = sources.split_heldout(documents, 0.05)
     assert 60 < len(heldout) < 140  # ~5 % of 2,000
     assert not {tuple(d) for d in train} & {tuple(d) for d in heldout}
     assert len(train) + len(heldout) == len(documents)
     # The same documents in another order are held out alike.
-    again_train, again_heldout = data.split_heldout(documents[::-1], 0.05)
+    again_train, again_heldout = sources.split_heldout(documents[::-1], 0.05)
     assert sorted(map(tuple, again_heldout)) == sorted(map(tuple, heldout))
-    assert data.split_heldout(documents, 0.0) == (documents, [])
+    assert sources.split_heldout(documents, 0.0) == (documents, [])
 
 
 def test_context_free_baseline_by_hand():
@@ -246,7 +248,7 @@ def test_context_free_baseline_by_hand():
         examples.Instance([], [], [1, 2], [5, 7], True),
         examples.Instance([], [], [3], [9], False),
         examples.Instance([], [], [1], [7], False)]
-    baseline = data.context_free_baseline(train, instances)
+    baseline = sources.context_free_baseline(train, instances)
     total, vocab = 8, 10  # ids 0..9 seen: add-one over 10 ids
     expected = -np.mean([np.log((3 + 1) / (total + vocab)),
                          np.log((4 + 1) / (total + vocab)),
@@ -278,11 +280,11 @@ def test_a_run_evaluates_documents_it_never_trained_on(tmp_path, capsys):
     assert heldout["examples"] > 0
     assert 0 < heldout["baseline"]["masked_lm_unigram_cross_entropy"] < 10
     # The training examples are made from the other documents only.
-    train, held = data.split_heldout(corpus.read_documents([text]), 0.2)
+    train, held = sources.split_heldout(corpus.read_documents([text]), 0.2)
     made = re.search(r"(\d+) documents -> .*; (\d+) held-out documents",
                      out)
     assert made and (int(made[1]), int(made[2])) == (len(train), len(held))
-    assert (tmp_path / "run" / "data" / data.HELDOUT_FILE).exists()
+    assert (tmp_path / "run" / "data" / sources.HELDOUT_FILE).exists()
     # --heldout_share=0 turns it off.
     off = run_pretraining(dataclasses.replace(
         config, heldout_share=0.0, model_dir=str(tmp_path / "off")))

@@ -1,5 +1,5 @@
 """The training stream's order as a function of its position
-(train/data_order.py): a pipeline started at a position yields what the
+(train/order.py): a pipeline started at a position yields what the
 uninterrupted one yields from there, a resume far into the stream reads at
 most one block of records, and a resumed run equals an uninterrupted one."""
 
@@ -11,11 +11,11 @@ import tensorflow as tf
 
 from tests.support import train_testing
 from train import PretrainConfig, run_pretraining
-from train import data_order
-from train import input_pipeline
-from train import modeling
-from train import run_checkpoints
-from train import trainer as trainer_lib
+from train.data import order
+from train.data import reading
+from train.loop import checkpoints
+from train.loop import trainer as trainer_lib
+from train.model import bert
 
 SEQ, PREDS = 32, 5
 
@@ -44,7 +44,7 @@ def test_a_stream_started_at_a_position_goes_on_as_the_whole_one(
     files = records["files"][:files_used]
     window = 7
     for pipeline in range(pipelines):
-        whole = _elements(data_order.stream(files, 5, window, pipelines,
+        whole = _elements(order.stream(files, 5, window, pipelines,
                                             pipeline), 400)
         tags = [tag for _, tag in whole]
         # Tags name the pipeline and grow along the stream, over several
@@ -54,7 +54,7 @@ def test_a_stream_started_at_a_position_goes_on_as_the_whole_one(
         assert len({t[1] for t in tags}) >= 3
         for k in (1, 6, 7, 30, 101, 153, 154, 390):
             _, block, index = whole[k - 1][1]
-            resumed = _elements(data_order.stream(
+            resumed = _elements(order.stream(
                 files, 5, window, pipelines, pipeline,
                 start=(block, index + 1)), 400 - k)
             assert resumed == whole[k:], (pipeline, k)
@@ -63,8 +63,8 @@ def test_a_stream_started_at_a_position_goes_on_as_the_whole_one(
 def test_the_order_covers_each_epoch_once_and_depends_on_the_seed(records):
     files = records["files"]
     per_epoch = sum(records["counts"])
-    blocks = data_order.groups_per_epoch(len(files))
-    first = _elements(data_order.stream(files, 5, 10), 2 * per_epoch)
+    blocks = order.groups_per_epoch(len(files))
+    first = _elements(order.stream(files, 5, 10), 2 * per_epoch)
     # One block per epoch here (3 files, cycle 3): each holds every record
     # once, in another order.
     assert blocks == 1
@@ -74,9 +74,9 @@ def test_the_order_covers_each_epoch_once_and_depends_on_the_seed(records):
     for epoch in epochs:
         assert sorted(r for r, _ in epoch) == everything
     assert [r for r, _ in epochs[0]] != [r for r, _ in epochs[1]]
-    other = _elements(data_order.stream(files, 6, 10), per_epoch)
+    other = _elements(order.stream(files, 6, 10), per_epoch)
     assert [r for r, _ in other] != [r for r, _ in epochs[0]]
-    again = _elements(data_order.stream(files, 5, 10), per_epoch)
+    again = _elements(order.stream(files, 5, 10), per_epoch)
     assert again == epochs[0]
 
 
@@ -88,7 +88,7 @@ def _trainer(records, strategy, **changes):
     settings.update(changes)
     config = PretrainConfig(**settings)
     phases = [config.phases()[0].with_files(records["files"])]
-    bert_config = modeling.BertConfig.for_size("tiny", 600)
+    bert_config = bert.BertConfig.for_size("tiny", 600)
     return trainer_lib.Trainer(config, strategy, bert_config, phases)
 
 
@@ -101,7 +101,7 @@ def _consume(trainer, iterator, micro_steps):
     def step(features):
         def replica(features):
             trainer.data_position.record(
-                features[data_order.POSITION_KEY],
+                features[order.POSITION_KEY],
                 tf.distribute.get_replica_context())
             return features["input_ids"]
         return strategy.run(replica, args=(features,))
@@ -153,7 +153,7 @@ def test_a_resume_far_into_the_stream_reads_at_most_one_block(
     files, window = records["files"], trainer.config.shuffle_buffer
     updates = 2000
     consumed = updates * 4
-    expected = list(data_order.stream(files, trainer.config.seed, window)
+    expected = list(order.stream(files, trainer.config.seed, window)
                     .skip(consumed - 1).take(5).as_numpy_iterator())
     # As if the run had trained to update 2000: the position of its last
     # record, under this layout.
@@ -169,9 +169,9 @@ def test_a_resume_far_into_the_stream_reads_at_most_one_block(
     assert read <= block + 2 * window + 64, read
     assert "Warning" not in capsys.readouterr().out
     np.testing.assert_array_equal(
-        batch[data_order.POSITION_KEY].numpy(),
+        batch[order.POSITION_KEY].numpy(),
         np.array([tag for _, tag in expected[1:]]))
-    wanted = input_pipeline.parse_batch(
+    wanted = reading.parse_batch(
         tf.constant([r for r, _ in expected[1:]]), SEQ, PREDS)
     np.testing.assert_array_equal(batch["input_ids"].numpy(),
                                   wanted["input_ids"].numpy())
@@ -201,7 +201,7 @@ def test_a_checkpoint_without_positions_restores_and_replays(
     path = old.save(str(tmp_path / "ckpt"))
     first = _consume(trainer, trainer.distributed_iterator(0, 0), 4)
     fresh = _trainer(records, tf.distribute.get_strategy())
-    saved = run_checkpoints.RunCheckpoints(fresh, str(tmp_path / "run"), 2)
+    saved = checkpoints.RunCheckpoints(fresh, str(tmp_path / "run"), 2)
     saved.restore(path)
     assert int(fresh.step.numpy()) == 3
     assert (fresh.data_position.positions.numpy() == -1).all()

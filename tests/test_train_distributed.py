@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from train import PretrainConfig, run_pretraining
-from train import scratch
-from train import trainer as trainer_lib
+from train.loop import trainer as trainer_lib
+from train.runtime import scratch
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--warmup_steps=1", "--shuffle_buffer=100", "--log_steps=1",

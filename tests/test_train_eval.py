@@ -1,5 +1,5 @@
-"""train.evaluation: Google run_pretraining's eval metrics, checked against a
-NumPy computation from the model's own logits, on one device, under
+"""train.loop.evaluation: Google run_pretraining's eval metrics, checked
+against a NumPy computation from the model's own logits, on one device, under
 MirroredStrategy (2 logical CPUs, see conftest.py) and under
 MultiWorkerMirroredStrategy (2 worker processes)."""
 
@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from tf_lamb.distribute import make_strategy
-from train import evaluation
-from train import modeling
+from train.loop import evaluation
+from train.model import bert
 
 SEQ_LENGTH = 32
 PREDICTIONS = 5
@@ -74,7 +74,7 @@ def data(tmp_path_factory):
 
 def _config(vocab_size):
     # Dropout stays on (BERT's 0.1) so that a forgotten training=False shows.
-    return modeling.BertConfig(
+    return bert.BertConfig(
         vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=64).validated()
@@ -82,7 +82,7 @@ def _config(vocab_size):
 
 def _model(config, strategy, weights=None):
     with strategy.scope():
-        model = modeling.BertPretrainer(config)
+        model = bert.BertPretrainer(config)
         model.build_for(SEQ_LENGTH, PREDICTIONS)
     if weights is not None:
         model.set_weights(weights)
@@ -319,7 +319,7 @@ def test_bad_arguments(data, model, one_device, mirrored, tmp_path):
         evaluation.Evaluator(model, one_device, files, 0, SEQ_LENGTH,
                              PREDICTIONS)
     with one_device.scope():
-        unbuilt = modeling.BertPretrainer(model.config)
+        unbuilt = bert.BertPretrainer(model.config)
     with pytest.raises(ValueError, match="must be built"):
         evaluation.Evaluator(unbuilt, one_device, files, BATCH, SEQ_LENGTH,
                              PREDICTIONS)
@@ -362,13 +362,14 @@ WORKER_SCRIPT = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
-from train import evaluation, modeling
+from train.loop import evaluation
+from train.model import bert
 config_json, weights_path, out, batch, files = sys.argv[1:6]
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
-config = modeling.BertConfig.from_dict(json.loads(config_json))
+config = bert.BertConfig.from_dict(json.loads(config_json))
 with strategy.scope():
-    model = modeling.BertPretrainer(config)
+    model = bert.BertPretrainer(config)
     model.build_for(%d, %d)
 stored = np.load(weights_path)
 model.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])

@@ -14,9 +14,9 @@ from tests.references import google_checkpoint
 from tests.references import numpy_bert
 from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
-from train import checkpoints
-from train import export
-from train import modeling
+from train.interop import exports
+from train.interop import init_checkpoints
+from train.model import bert
 
 BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 SEQ, PREDICTIONS = 32, 5
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
         log_steps=4, train_batch_size=8, warmup_steps=1,
         shuffle_buffer=100, **common))
     google_dir = str(root / "google")
-    export.export_google_checkpoint(model_dir, google_dir)
+    exports.export_google_checkpoint(model_dir, google_dir)
     return {"root": root, "model_dir": model_dir, "google": google_dir,
             "model": trained["trainer"].model, "vocab": vocab,
             "vocab_size": vocab_size, "eval_files": tuple(eval_files),
@@ -138,10 +138,10 @@ def test_google_folder_computes_what_eval_reports(run, tmp_path):
 
 
 def _loaded(path, vocab_size):
-    model = modeling.BertPretrainer(modeling.BertConfig.from_dict(
+    model = bert.BertPretrainer(bert.BertConfig.from_dict(
         dict(BERT_CONFIG, vocab_size=vocab_size)))
     model.build_for(SEQ, PREDICTIONS)
-    checkpoints.init_from_checkpoint(model, path)
+    init_checkpoints.init_from_checkpoint(model, path)
     return model
 
 
@@ -166,7 +166,7 @@ def test_mixed_precision_run_exports_float32(run, tmp_path):
                        "input_type_ids": tf.zeros_like(ids)})
     assert outputs["sequence_output"].dtype == tf.float32
     assert {v.dtype for v in encoder.variables} == {tf.float32}
-    out = export.export_google_checkpoint(model_dir, str(tmp_path / "out"))
+    out = exports.export_google_checkpoint(model_dir, str(tmp_path / "out"))
     values = _checkpoint_values(os.path.join(out, "bert_model.ckpt"))
     assert {value.dtype for value in values.values()} == {np.dtype(np.float32)}
     model = _loaded(model_dir, run["vocab_size"])
@@ -190,33 +190,33 @@ def test_bad_input_is_refused_before_writing(run, tmp_path, fmt):
     empty.mkdir()
     shutil.copy(run["common"]["bert_config_file"], empty)
     with pytest.raises(InputError, match="has no checkpoint"):
-        export.export(str(empty), str(out), fmt)
+        exports.export(str(empty), str(out), fmt)
 
     other = _copy_run(run, tmp_path / "other")
     config = json.load(open(os.path.join(other, "bert_config.json")))
     config["intermediate_size"] = 48
     json.dump(config, open(os.path.join(other, "bert_config.json"), "w"))
     with pytest.raises(InputError, match="does not match") as raised:
-        export.export(other, str(out), fmt)
+        exports.export(other, str(out), fmt)
     assert "\n" not in str(raised.value)
     assert "intermediate/dense/kernel" in str(raised.value)
 
     no_vocab = _copy_run(run, tmp_path / "no_vocab")
     os.remove(os.path.join(no_vocab, "vocab.txt"))
     with pytest.raises(InputError, match="no vocab.txt"):
-        export.export(no_vocab, str(out), fmt)
+        exports.export(no_vocab, str(out), fmt)
 
     with pytest.raises(InputError, match="--checkpoint"):
-        export.export(run["model_dir"], str(out), fmt,
+        exports.export(run["model_dir"], str(out), fmt,
                       checkpoint=str(tmp_path / "missing"))
     assert not out.exists()
 
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
-        export.export(run["model_dir"], str(out), fmt)
+        exports.export(run["model_dir"], str(out), fmt)
     assert os.listdir(out) == ["keep.txt"]
-    export.export(run["model_dir"], str(out), fmt, overwrite=True)
+    exports.export(run["model_dir"], str(out), fmt, overwrite=True)
     assert "keep.txt" not in os.listdir(out)
 
 
@@ -250,5 +250,5 @@ def test_run_without_vocabulary(run, tmp_path):
     assert not hasattr(encoder, "vocab_file")
     assert len(encoder.variables) == 2 * 16 + 5 + 2
     with pytest.raises(InputError, match="no vocab.txt"):
-        export.export_saved_model(model_dir, str(tmp_path / "out"))
+        exports.export_saved_model(model_dir, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -16,10 +16,10 @@ import tensorflow as tf
 from tests.references import hf_bert_layout
 from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
-from train import checkpoints
-from train import export
-from train import modeling
-from train import tokenization
+from train.data import tokenization
+from train.interop import exports
+from train.interop import init_checkpoints
+from train.model import bert
 
 BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 SEQ, PREDICTIONS = 32, 5
@@ -50,9 +50,9 @@ def run(tmp_path_factory):
     return {"root": root, "model_dir": model_dir, "common": common,
             "model": trained["trainer"].model,
             "saved_model": trained["export_dir"],
-            "google": export.export_google_checkpoint(model_dir,
+            "google": exports.export_google_checkpoint(model_dir,
                                                       str(root / "google")),
-            "hf": export.export_huggingface(model_dir, str(root / "hf")),
+            "hf": exports.export_huggingface(model_dir, str(root / "hf")),
             "vocab": made["vocab"], "vocab_size": made["vocab_size"],
             "files": made["files"], "eval_files": tuple(made["eval_files"])}
 
@@ -112,10 +112,10 @@ def test_values_are_the_google_exports_in_transformers_layout(run):
 
 
 def test_init_checkpoint_from_the_folder_is_exact(run):
-    model = modeling.BertPretrainer(modeling.BertConfig.from_dict(
+    model = bert.BertPretrainer(bert.BertConfig.from_dict(
         dict(BERT_CONFIG, vocab_size=run["vocab_size"])))
     model.build_for(SEQ, PREDICTIONS)
-    assert checkpoints.init_from_checkpoint(model, run["hf"])[0] == len(
+    assert init_checkpoints.init_from_checkpoint(model, run["hf"])[0] == len(
         run["model"].weights)
     for a, b in zip(model.weights, run["model"].weights):
         assert a.path == b.path
@@ -128,9 +128,9 @@ def test_continue_pretraining_from_the_folder(run, tmp_path):
     Evaluated, it reports exactly what the original run's checkpoint
     reports; trained, the run's own export reads back into its model."""
     hf = run["hf"]
-    bert_config = modeling.BertConfig.from_json_file(
+    bert_config = bert.BertConfig.from_json_file(
         os.path.join(hf, "config.json"))
-    assert bert_config == modeling.BertConfig.from_dict(
+    assert bert_config == bert.BertConfig.from_dict(
         dict(BERT_CONFIG, vocab_size=run["vocab_size"]))
     from_folder = dict(
         max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS,
@@ -159,8 +159,8 @@ def test_continue_pretraining_from_the_folder(run, tmp_path):
     # a fresh initialisation would differ by ~0.02 everywhere).
     assert 0 < max(changes) < 1e-3, changes
     again = _model(run["vocab_size"])
-    checkpoints.init_from_checkpoint(
-        again, export.export_huggingface(model_dir, str(tmp_path / "hf2")))
+    init_checkpoints.init_from_checkpoint(
+        again, exports.export_huggingface(model_dir, str(tmp_path / "hf2")))
     for a, b in zip(again.weights, model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -171,7 +171,7 @@ def _copy(folder, destination):
 
 
 def _model(vocab_size, **changes):
-    model = modeling.BertPretrainer(modeling.BertConfig.from_dict(
+    model = bert.BertPretrainer(bert.BertConfig.from_dict(
         dict(BERT_CONFIG, vocab_size=vocab_size, **changes)))
     model.build_for(SEQ, PREDICTIONS)
     return model
@@ -187,7 +187,7 @@ def test_a_folder_that_does_not_fit_is_refused_before_loading(run,
     config["hidden_act"] = "gelu"  # transformers' exact erf form
     json.dump(config, open(os.path.join(other_act, "config.json"), "w"))
     with pytest.raises(ValueError, match="hidden_act 'gelu_exact'"):
-        checkpoints.init_from_checkpoint(model, other_act)
+        init_checkpoints.init_from_checkpoint(model, other_act)
 
     fewer_layers = _copy(run["hf"], tmp_path / "layers")
     import safetensors.numpy
@@ -197,21 +197,21 @@ def test_a_folder_that_does_not_fit_is_refused_before_loading(run,
     safetensors.numpy.save_file(values, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"Hugging Face checkpoint .* 16 of "
                                          r"\d+ variables are missing"):
-        checkpoints.init_from_checkpoint(model, fewer_layers)
+        init_checkpoints.init_from_checkpoint(model, fewer_layers)
 
     truncated = _copy(run["hf"], tmp_path / "truncated")
     path = os.path.join(truncated, "model.safetensors")
     with open(path, "r+b") as fh:
         fh.truncate(os.path.getsize(path) // 2)
     with pytest.raises(ValueError, match="Cannot read .*model.safetensors"):
-        checkpoints.init_from_checkpoint(model, truncated)
+        init_checkpoints.init_from_checkpoint(model, truncated)
 
     not_bert = _copy(run["hf"], tmp_path / "roberta")
     config = json.load(open(os.path.join(not_bert, "config.json")))
     config["model_type"] = "roberta"
     json.dump(config, open(os.path.join(not_bert, "config.json"), "w"))
     with pytest.raises(ValueError, match="model_type is 'roberta'"):
-        checkpoints.init_from_checkpoint(model, not_bert)
+        init_checkpoints.init_from_checkpoint(model, not_bert)
     for variable, value in zip(model.weights, before):
         np.testing.assert_array_equal(variable.numpy(), value)
 
@@ -241,13 +241,13 @@ def test_older_layer_norm_names_and_decoder_bias_read(run, tmp_path):
         "bert.embeddings.word_embeddings.weight"]
     safetensors.numpy.save_file(renamed, path, metadata={"format": "pt"})
     model = _model(run["vocab_size"])
-    checkpoints.init_from_checkpoint(model, old)
+    init_checkpoints.init_from_checkpoint(model, old)
     for a, b in zip(model.weights, run["model"].weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
     half = {name: value.astype(np.float16) for name, value in values.items()}
     safetensors.numpy.save_file(half, path, metadata={"format": "pt"})
-    checkpoints.init_from_checkpoint(model, old)
+    init_checkpoints.init_from_checkpoint(model, old)
     for a, b in zip(model.weights, run["model"].weights):
         assert a.dtype == "float32"
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3,
@@ -263,7 +263,7 @@ def test_mixed_precision_run_exports_float32(run, tmp_path):
                export_dir="none")))
     # run_pretraining gives the caller's global policy back.
     assert keras.mixed_precision.global_policy().name == "float32"
-    out = export.export_huggingface(model_dir, str(tmp_path / "out"))
+    out = exports.export_huggingface(model_dir, str(tmp_path / "out"))
     values = _safetensors(os.path.join(out, "model.safetensors"))
     assert {v.dtype for v in values.values()} == {np.dtype(np.float32)}
 

@@ -1,6 +1,6 @@
 """The encoder SavedModel (TF Hub's text-encoder and Reusable SavedModel
 APIs) written at the end of a run, and fine-tuning it from Keras 3
-(train.export.load_encoder_layer) and from tf-keras
+(train.interop.hub_module.load_encoder_layer) and from tf-keras
 (tensorflow_hub.KerasLayer)."""
 
 import importlib.util
@@ -18,7 +18,7 @@ from tests.references import google_checkpoint
 from tests.references import numpy_bert
 from tests.support import train_testing
 from train import PretrainConfig, run_pretraining
-from train import export
+from train.interop import hub_module
 
 BERT_CONFIG = train_testing.SMALL_BERT_CONFIG
 INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -144,7 +144,7 @@ def _task(vocab_size, count=16):
 
 
 def test_keras3_fine_tuning(run):
-    encoder = export.load_encoder_layer(run["export"])
+    encoder = hub_module.load_encoder_layer(run["export"])
     inputs = {name: keras.Input((None,), dtype="int32", name=name)
               for name in INPUTS}
     logits = keras.layers.Dense(2)(encoder(inputs)["pooled_output"])

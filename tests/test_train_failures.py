@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from train import PretrainConfig, run_pretraining
-from train import errors
-from train import trainer as trainer_lib
+from train.loop import trainer as trainer_lib
+from train.runtime import errors
 
 SMALL = dict(max_seq_length=32, max_predictions_per_seq=5,
              train_batch_size=8, warmup_steps=1, shuffle_buffer=100,

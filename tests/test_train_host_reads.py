@@ -13,8 +13,8 @@ from tensorflow.python.framework import ops
 from tests.support import train_testing
 from tf_lamb import distribute
 from train import PretrainConfig
-from train import modeling
-from train import trainer as trainer_lib
+from train.loop import trainer as trainer_lib
+from train.model import bert
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _trainer(records, strategy, **changes):
     config = PretrainConfig(**settings)
     phases = [config.phases()[0].with_files(files)]
     trainer = trainer_lib.Trainer(config, strategy,
-                                  modeling.BertConfig.for_size("tiny", 600),
+                                  bert.BertConfig.for_size("tiny", 600),
                                   phases)
     return trainer, trainer.distributed_iterator(0, 0)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.support import train_testing as _testing
-from train import logs
+from train.runtime import logs
 
 # absl's C++ INFO prefix (the seconds count from the epoch before its
 # InitializeLog), absl's Python one, and TensorFlow's own logger's.

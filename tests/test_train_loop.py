@@ -7,8 +7,8 @@ import tensorflow as tf
 
 from tests.support import train_testing
 from train import InputError, PretrainConfig, run_pretraining
-from train import schedule as schedule_lib
-from train.pretrain_lib import _next_stop
+from train.loop import schedule as schedule_lib
+from train.loop.controller import next_stop
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,10 @@ def test_next_stop_keeps_log_and_checkpoint_updates():
                             save_checkpoints_steps=12, num_train_steps=30)
     stops, step = [], 0
     while step < 30:
-        step = _next_stop(step, 30, config)
+        step = next_stop(step, 30, config)
         stops.append(step)
     assert stops == [5, 10, 12, 15, 20, 24, 25, 30]
-    assert _next_stop(0, 3, config) == 3  # the phase ends first
+    assert next_stop(0, 3, config) == 3  # the phase ends first
 
 
 def test_steps_per_loop_keeps_the_log_interval(records, tmp_path):

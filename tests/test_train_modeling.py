@@ -1,5 +1,6 @@
-"""train.modeling computes Google BERT's function; train.checkpoints loads
-Google's and our own checkpoints into it.
+"""train.model.bert computes Google BERT's function;
+train.interop.init_checkpoints loads Google's and our own checkpoints into
+it.
 
 The expectation is tests/references/numpy_bert.py, a float64 NumPy forward pass written
 from the architecture with weights under Google's checkpoint names.
@@ -15,7 +16,8 @@ from tests.references import google_checkpoint
 from tests.references import numpy_bert
 from tf_lamb import Lamb
 from tf_lamb.distribute import make_strategy
-from train import checkpoints, modeling
+from train.interop import init_checkpoints
+from train.model import bert
 
 VOCAB, HIDDEN, LAYERS, HEADS, INTERMEDIATE = 50, 32, 2, 4, 37
 SEQ, PREDICTIONS, BATCH = 16, 5, 3
@@ -23,7 +25,7 @@ TOLERANCE = 1e-5
 
 
 def _config(hidden_act="gelu", positions=SEQ):
-    return modeling.BertConfig(
+    return bert.BertConfig(
         vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
         num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
         hidden_act=hidden_act, max_position_embeddings=positions)
@@ -33,7 +35,7 @@ def _model(config=None, strategy=None):
     config = config or _config()
     scope = strategy.scope() if strategy else _no_scope()
     with scope:
-        model = modeling.BertPretrainer(config)
+        model = bert.BertPretrainer(config)
         model.build_for(SEQ, PREDICTIONS)
     return model
 
@@ -169,12 +171,12 @@ def test_activation_names():
     erf_form = numpy_bert.gelu_erf(x)
     for name, expected in (("gelu", tanh_form), ("gelu_new", tanh_form),
                            ("gelu_exact", erf_form)):
-        got = np.asarray(modeling.activation(name)(tf.constant(x)))
+        got = np.asarray(bert.activation(name)(tf.constant(x)))
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12,
                                    err_msg=name)
     assert np.max(np.abs(tanh_form - erf_form)) > 1e-4
     with pytest.raises(ValueError, match="gelu_exact"):
-        modeling.activation("geluu")
+        bert.activation("geluu")
 
 
 def test_checkpoint_of_the_model_holds_every_weight(tmp_path):
@@ -199,7 +201,7 @@ def test_google_checkpoint_loads_and_gives_numpy_logits(weights, features,
     # A prefix, one of its files, and the directory all name it.
     for path in (prefix, prefix + ".index", str(tmp_path / "google")):
         model = _model()
-        loaded = checkpoints.init_from_checkpoint(model, path)
+        loaded = init_checkpoints.init_from_checkpoint(model, path)
         assert loaded == (len(_shapes()), parameters)
         mlm, nsp = _keras_logits(model, features)
         assert _relative(mlm, expected_mlm) <= TOLERANCE, path
@@ -208,7 +210,7 @@ def test_google_checkpoint_loads_and_gives_numpy_logits(weights, features,
 
 def test_google_names_cover_the_model():
     model = _model()
-    names = checkpoints.google_variable_names(model)
+    names = init_checkpoints.google_variable_names(model)
     assert {n: tuple(v.shape)[::-1] if t else tuple(v.shape)
             for n, (v, t) in names.items()} == _shapes()
 
@@ -221,7 +223,7 @@ def test_checkpoint_of_a_deeper_model_warns_of_unused_weights(
             values[name.replace("layer_1", "layer_2")] = values[name]
     prefix = google_checkpoint.write_google_checkpoint(str(tmp_path / "deep.ckpt"), values)
     with caplog.at_level("WARNING"):
-        checkpoints.init_from_checkpoint(_model(), prefix)
+        init_checkpoints.init_from_checkpoint(_model(), prefix)
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelname == "WARNING"]
     assert len(warnings) == 1
@@ -243,7 +245,7 @@ def test_mismatched_checkpoint_is_one_error_and_changes_nothing(weights,
     model = _model()
     before = _model_values(model)
     with pytest.raises(ValueError) as error:
-        checkpoints.init_from_checkpoint(model, prefix)
+        init_checkpoints.init_from_checkpoint(model, prefix)
     message = str(error.value)
     assert "3 of 46 variables" in message
     assert ("bert/encoder/layer_1/intermediate/dense/bias: model [37], "
@@ -260,21 +262,21 @@ def test_bad_paths_are_clear_errors(tmp_path):
     model = _model()
     missing = str(tmp_path / "nothing_here")
     with pytest.raises(ValueError, match="neither a checkpoint"):
-        checkpoints.init_from_checkpoint(model, missing)
+        init_checkpoints.init_from_checkpoint(model, missing)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no checkpoint"):
-        checkpoints.init_from_checkpoint(model, str(tmp_path / "empty"))
+        init_checkpoints.init_from_checkpoint(model, str(tmp_path / "empty"))
     for name in ("a", "b"):
         tf.train.Checkpoint(model=model).write(str(tmp_path / "two" / name))
     with pytest.raises(ValueError, match="several checkpoints"):
-        checkpoints.init_from_checkpoint(model, str(tmp_path / "two"))
+        init_checkpoints.init_from_checkpoint(model, str(tmp_path / "two"))
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="neither a checkpoint"):
-        checkpoints.init_from_checkpoint(model, str(tmp_path / "notes.txt"))
+        init_checkpoints.init_from_checkpoint(model, str(tmp_path / "notes.txt"))
     other = tf.train.Checkpoint(step=tf.Variable(3)).save(
         str(tmp_path / "other" / "ckpt"))
     with pytest.raises(ValueError, match="no 'model' entry"):
-        checkpoints.init_from_checkpoint(model, other)
+        init_checkpoints.init_from_checkpoint(model, other)
 
 
 # -- our own checkpoints ----------------------------------------------------
@@ -311,7 +313,7 @@ def test_own_checkpoint_round_trips(tmp_path):
         fresh_optimizer.build(fresh.trainable_variables)
         optimizer_before = [v.numpy().copy()
                             for v in fresh_optimizer.variables]
-        loaded = checkpoints.init_from_checkpoint(fresh, path)
+        loaded = init_checkpoints.init_from_checkpoint(fresh, path)
         assert loaded == (len(expected), sum(v.size for v in expected))
         for got, want, variable in zip(_model_values(fresh), expected,
                                        fresh.weights):
@@ -329,7 +331,7 @@ def test_own_checkpoint_of_other_shape_is_one_error(tmp_path):
     with pytest.raises(ValueError, match=(
             r"1 of 46 .*\n  bert/embeddings/position_embeddings: "
             r"model \[16, 32\], checkpoint \[32, 32\]$")):
-        checkpoints.init_from_checkpoint(target, prefix)
+        init_checkpoints.init_from_checkpoint(target, prefix)
     for old, new in zip(before, _model_values(target)):
         np.testing.assert_array_equal(old, new)
 
@@ -342,7 +344,7 @@ def test_mirrored_replicas_all_get_the_values(weights, features, tmp_path):
     prefix = google_checkpoint.write_google_checkpoint(str(tmp_path / "bert_model.ckpt"),
                                       _google_checkpoint_values(weights))
     model = _model(strategy=strategy)
-    checkpoints.init_from_checkpoint(model, prefix)
+    init_checkpoints.init_from_checkpoint(model, prefix)
     for variable in model.weights:
         name, transposed = google_checkpoint.google_name(variable.path)
         want = weights[name].T if transposed else weights[name]
@@ -364,7 +366,7 @@ def test_mirrored_replicas_all_get_the_values(weights, features, tmp_path):
     # Our own checkpoint, written by a one-device model, into the mirrored one.
     source, _ = _trained_model_and_optimizer()
     own = tf.train.Checkpoint(model=source).save(str(tmp_path / "own" / "c"))
-    checkpoints.init_from_checkpoint(model, own)
+    init_checkpoints.init_from_checkpoint(model, own)
     for variable, want in zip(model.weights, _model_values(source)):
         for copy in strategy.experimental_local_results(variable.value):
             np.testing.assert_array_equal(copy.numpy(), want)

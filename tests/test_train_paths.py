@@ -23,9 +23,9 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing
-from train import export
-from train import paths
-from train.errors import CheckpointError
+from train.interop import exports
+from train.runtime import paths
+from train.runtime.errors import CheckpointError
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--train_batch_size=8", "--warmup_steps=1", "--shuffle_buffer=100",
@@ -145,9 +145,9 @@ def test_init_checkpoint_and_exports_on_a_bucket(bucket_run):
          "--export_dir=none"] + SMALL)
     assert started["step"] == 1
     out = f"{bucket}/exports"
-    export.export_saved_model(run, f"{out}/hub")
-    export.export_google_checkpoint(run, f"{out}/google")
-    export.export_huggingface(run, f"{out}/hf")
+    exports.export_saved_model(run, f"{out}/hub")
+    exports.export_google_checkpoint(run, f"{out}/google")
+    exports.export_huggingface(run, f"{out}/hf")
     files = _listing(out)
     assert "hub/saved_model.pb" in files
     assert "google/bert_model.ckpt.index" in files
@@ -157,7 +157,7 @@ def test_init_checkpoint_and_exports_on_a_bucket(bucket_run):
     # The prefix's own reader: on ram:// a prefix also counts as a folder.
     reader = tf.compat.v1.train.NewCheckpointReader
     exported = reader(f"{out}/google/bert_model.ckpt")
-    loaded = export.load_run(run).model
+    loaded = exports.load_run(run).model
     table = exported.get_tensor("bert/embeddings/word_embeddings")
     same_shape = [v for v in loaded.weights
                   if tuple(v.shape) == table.shape]

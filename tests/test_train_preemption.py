@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
-from train import errors
+from train.runtime import errors
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--train_batch_size=8", "--warmup_steps=1", "--shuffle_buffer=100",

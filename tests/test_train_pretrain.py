@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
-from train import PretrainConfig, run_pretraining
 from train import flags as train_flags
+from train import PretrainConfig, run_pretraining
 from train.config import PretrainConfig as ConfigClass
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
@@ -384,6 +384,13 @@ def test_flags_txt_replays_the_run(records, tmp_path):
     text = (run_dir / "flags.txt").read_text()
     assert "--warmup_steps=2\n" in text
     assert "test_tmpdir" not in text and "stderrthreshold" not in text
+    # config.json: the settings as the run resolved them, for programs that
+    # read a setting of the run back (train.export) without parsing flags.
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["resolved"]["effective_warmup_steps"] == 2
+    assert recorded["settings"]["warmup_steps"] is None
+    assert recorded["settings"]["num_train_steps"] == 20
+    assert recorded["settings"]["model_dir"] == str(run_dir)
     again = _testing.run(["-m", "train.pretrain",
                           f"--flagfile={run_dir / 'flags.txt'}",
                           f"--model_dir={other_dir}"], timeout=300)

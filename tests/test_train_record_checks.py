@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 from tests.support import train_testing as _testing
-from train import input_pipeline, record_checks
+from train.data import record_checks
+from train.runtime.errors import DataError
 
 SEQ, PREDS = 32, 5
 
@@ -115,7 +116,7 @@ def test_file_calls_per_shard_do_not_grow_with_its_records(
         for budget, checked in CONFIGS:
             pattern, paths = _ram_shards(data, SHARDS)
             counted.clear()
-            assert input_pipeline.check_files(
+            assert record_checks.check_files(
                 [pattern], SEQ, PREDS, records["vocab_size"],
                 full_check_bytes=budget, records_checked=checked) == paths
             assert "python_open_of_a_scheme_path" not in counted
@@ -149,8 +150,8 @@ def test_truncated_shards_are_found_on_ram(records, tmp_path, counted,
         f.write(data[:30])  # after the 40 records, one cut in its data
 
     def fails(files, expected, **kwargs):
-        with pytest.raises(input_pipeline.DataError) as caught:
-            input_pipeline.check_files(files, SEQ, PREDS,
+        with pytest.raises(DataError) as caught:
+            record_checks.check_files(files, SEQ, PREDS,
                                        records["vocab_size"], **kwargs)
         assert str(caught.value) == expected
 
@@ -230,11 +231,11 @@ def test_the_first_bad_file_in_order_is_reported(records, tmp_path,
     fast = str(tmp_path / "c-fast.tfrecord")
     with open(fast, "wb") as f:
         f.write(b"not a TFRecord file")
-    with pytest.raises(input_pipeline.DataError,
+    with pytest.raises(DataError,
                        match=f"{fast}: record #0 at byte 0"):
-        input_pipeline.check_files([fast], SEQ, PREDS, records["vocab_size"])
-    with pytest.raises(input_pipeline.DataError) as caught:
-        input_pipeline.check_files(files + [slow, fast], SEQ, PREDS,
+        record_checks.check_files([fast], SEQ, PREDS, records["vocab_size"])
+    with pytest.raises(DataError) as caught:
+        record_checks.check_files(files + [slow, fast], SEQ, PREDS,
                                    records["vocab_size"],
                                    full_check_bytes=budget,
                                    records_checked=16)
@@ -254,26 +255,26 @@ def test_data_error_reads_only_the_files_it_must(records, tmp_path,
     for i in (3, 25):  # over the byte budget: checked for 16 records only
         bad[i] = _local_file(files[i], _repeated(records, 400), flip=150)
         assert os.path.getsize(files[i]) > budget
-    assert input_pipeline.check_files(
+    assert record_checks.check_files(
         files, SEQ, PREDS, records["vocab_size"], full_check_bytes=budget,
         records_checked=16) == files
     error = tf.errors.DataLossError(None, None, "corrupted record at 7")
     counted.clear()
-    found = str(input_pipeline.data_error(error, files))
+    found = str(record_checks.data_error(error, files))
     assert found.startswith(f"TFRecord file {files[3]}: the record at byte "
                             f"{bad[3]} is corrupt ("), found
     # The good files were read whole at start-up: not again.
     assert counted["record_pass"] <= 2, counted
     assert counted["stat"] <= len(files), counted
     # The files being read come first.
-    found = str(input_pipeline.data_error(error, files,
+    found = str(record_checks.data_error(error, files,
                                           reading=[files[25]]))
     assert found.startswith(f"TFRecord file {files[25]}: the record at "
                             f"byte {bad[25]} is corrupt ("), found
     # No bad file: none of the verified files is read again.
     counted.clear()
     error = tf.errors.UnavailableError(None, None, "socket closed")
-    found = str(input_pipeline.data_error(error, files[4:20]))
+    found = str(record_checks.data_error(error, files[4:20]))
     assert found == (f"Reading TFRecord 16 files: {', '.join(files[4:7])}, "
                      f"... failed: socket closed")
     assert "record_pass" not in counted, counted

@@ -8,8 +8,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from tests.references import google_bert_tokenization as google
-from train import corpus
-from train.tokenization import (SPECIAL_TOKENS, BertTokenizer,
+from train.data import corpus
+from train.data.tokenization import (SPECIAL_TOKENS, BertTokenizer,
                                 basic_tokenize, learn_vocab, read_vocab,
                                 tokenize_documents, write_vocab)
 

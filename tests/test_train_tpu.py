@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from tf_lamb import distribute
-from train import InputError
 from train import flags as flags_lib
-from train import cluster
+from train import InputError
+from train.runtime import cluster
 
 SMALL = ["--max_seq_length=32", "--max_predictions_per_seq=5",
          "--train_batch_size=8", "--warmup_steps=1", "--num_train_steps=2"]

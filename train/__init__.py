@@ -19,13 +19,13 @@ __all__ = ["InputError", "PretrainConfig", "export_google_checkpoint",
            "export_huggingface", "export_saved_model", "run_pretraining"]
 
 # Loaded on first use, so that `python -m train.pretrain` can set
-# TensorFlow's log level (train/logs.py) before anything imports TensorFlow,
-# and `python -m train.export` does not find train.export loaded before it
-# runs as __main__ (runpy warns).
-_HOMES = {"InputError": "train.errors", "PretrainConfig": "train.config",
-          "export_google_checkpoint": "train.export",
-          "export_huggingface": "train.export",
-          "export_saved_model": "train.export",
+# TensorFlow's log level (train/runtime/logs.py) before anything imports
+# TensorFlow.
+_HOMES = {"InputError": "train.runtime.errors",
+          "PretrainConfig": "train.config",
+          "export_google_checkpoint": "train.interop.exports",
+          "export_huggingface": "train.interop.exports",
+          "export_saved_model": "train.interop.exports",
           "run_pretraining": "train.pretrain_lib"}
 
 

@@ -21,12 +21,13 @@ from typing import Optional, Tuple
 
 from tf_lamb import check_arguments as check_lamb_arguments
 from tf_lamb.distribute import STRATEGIES, is_tpu_name
-from train import examples
-from train.errors import InputError
-from train import paths
-from train import accelerators, compile_plan
-from train.modeling import MODEL_SIZES
-from train.schedule import GradientAccumulation
+from train.data import examples
+from train.data import features
+from train.loop.schedule import GradientAccumulation
+from train.model.bert import MODEL_SIZES
+from train.plan import accelerators
+from train.runtime import paths
+from train.runtime.errors import InputError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "eval", "train_and_eval")
@@ -96,14 +97,14 @@ class PretrainConfig:
     # trains on: their examples are evaluated at the end of the run.
     heldout_share: float = 0.05
     vocab_file: Optional[str] = None
-    max_seq_length: int = 128
-    max_predictions_per_seq: int = 20
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 5
+    max_seq_length: int = features.MAX_SEQ_LENGTH
+    max_predictions_per_seq: int = features.MAX_PREDICTIONS_PER_SEQ
+    masked_lm_prob: float = features.MASKED_LM_PROB
+    short_seq_prob: float = features.SHORT_SEQ_PROB
+    dupe_factor: int = features.DUPE_FACTOR
     whole_word_mask: bool = False
     do_lower_case: bool = True
-    vocab_size: int = 8000
+    vocab_size: int = features.VOCAB_SIZE
     shuffle_buffer: int = 10000
     # -- schedule
     train_batch_size: int = 32
@@ -145,9 +146,10 @@ class PretrainConfig:
     mixed_precision: str = "float32"
     jit_compile: bool = False
     steps_per_loop: int = 100
-    compile_for: Optional[str] = None  # a chip of train.accelerators.TARGETS
+    # A chip of train.plan.accelerators.TARGETS.
+    compile_for: Optional[str] = None
     # Of the batch search, the asked batch included.
-    compile_for_max_compiles: int = compile_plan.MAX_FIT_COMPILES
+    compile_for_max_compiles: int = accelerators.MAX_FIT_COMPILES
     # -- evaluation
     mode: str = "train"
     eval_files: Tuple[str, ...] = ()

@@ -3,12 +3,13 @@ r"""Plain text -> TFRecords for BERT pretraining (masked LM + next sentence).
 Input: text files with one sentence per line and a blank line between
 documents.  Output: `tf.train.Example` records in the format of Google's BERT
 (`input_ids`, `input_mask`, `segment_ids`, `masked_lm_positions`,
-`masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`), readable by
+`masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`;
+train/data/features.py), readable by
 `python -m train.pretrain --train_files=...`.
 
 Text is split into WordPieces exactly as Google BERT's tokenization.py does
-(train/tokenization.py; lower-casing strips accents, no NFKC), and each
-example gets Google's number of masks (train/examples.py).  Without
+(train/data/tokenization.py; lower-casing strips accents, no NFKC), and each
+example gets Google's number of masks (train/data/examples.py).  Without
 --vocab_file a WordPiece vocabulary is learnt from the input text and
 written next to the output as `vocab.txt` (or to --output_vocab_file).  The
 same input, flags and --random_seed give the same files, byte for byte.
@@ -23,7 +24,7 @@ Example:
 import os
 import sys
 
-from train import logs
+from train.runtime import logs
 
 if __name__ == "__main__":
     # Before TensorFlow loads: its C++ log level is read then.
@@ -34,32 +35,33 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from train.corpus import read_documents, stdlib_documents  # noqa: E402
-from train.examples import (  # noqa: E402
+from train.data import features  # noqa: E402
+from train.data.corpus import read_documents, stdlib_documents  # noqa: E402
+from train.data.examples import (  # noqa: E402
     Vocab, check_flags, create_instances, write_instances)
-from train.tokenization import (  # noqa: E402
+from train.data.tokenization import (  # noqa: E402
     learn_vocab, read_vocab, tokenize_documents, write_vocab)
 
 
-def define_flags(seed_flag=True):
-    """The data flags; also used by train.pretrain (which has its own
-    --seed instead of --random_seed)."""
+def define_flags():
+    """The flags of the examples (train.pretrain has flags of the same
+    names and defaults, train/flags.py)."""
     flags.DEFINE_integer(
-        "max_seq_length", 128,
+        "max_seq_length", features.MAX_SEQ_LENGTH,
         "Tokens per example, [CLS] and [SEP]s included; shorter examples are "
         "padded with 0.")
     flags.DEFINE_integer(
-        "max_predictions_per_seq", 20,
+        "max_predictions_per_seq", features.MAX_PREDICTIONS_PER_SEQ,
         "Most masked-LM predictions per example (the rest are padding with "
         "weight 0).")
-    flags.DEFINE_float("masked_lm_prob", 0.15,
+    flags.DEFINE_float("masked_lm_prob", features.MASKED_LM_PROB,
                        "Share of the tokens of an example that are masked.")
     flags.DEFINE_float(
-        "short_seq_prob", 0.1,
+        "short_seq_prob", features.SHORT_SEQ_PROB,
         "Probability of an example shorter than max_seq_length (so that the "
         "model also sees short inputs).")
     flags.DEFINE_integer(
-        "dupe_factor", 5,
+        "dupe_factor", features.DUPE_FACTOR,
         "How many times the text is turned into examples, each time with "
         "different masks and sentence pairs.")
     flags.DEFINE_bool(
@@ -69,21 +71,23 @@ def define_flags(seed_flag=True):
                       "Lower-case the text (and strip accents) before "
                       "splitting it into WordPieces.")
     flags.DEFINE_integer(
-        "vocab_size", 8000,
+        "vocab_size", features.VOCAB_SIZE,
         "Target size of the WordPiece vocabulary learnt when no --vocab_file "
         "is given (the learnt one can be smaller on small corpora).")
-    if seed_flag:
-        flags.DEFINE_integer(
-            "random_seed", 12345,
-            "Seed of the example generator (pairs and masks).")
+    flags.DEFINE_integer(
+        "random_seed", features.RANDOM_SEED,
+        "Seed of the example generator (pairs and masks).")
 
 
-def create_pretraining_data(documents, output_files, vocab_file=None,
-                            output_vocab_file=None, max_seq_length=128,
-                            max_predictions=20, masked_lm_prob=0.15,
-                            short_seq_prob=0.1, dupe_factor=5,
-                            whole_word_mask=False, lower_case=True,
-                            vocab_size=8000, seed=12345):
+def create_pretraining_data(
+        documents, output_files, vocab_file=None, output_vocab_file=None,
+        max_seq_length=features.MAX_SEQ_LENGTH,
+        max_predictions=features.MAX_PREDICTIONS_PER_SEQ,
+        masked_lm_prob=features.MASKED_LM_PROB,
+        short_seq_prob=features.SHORT_SEQ_PROB,
+        dupe_factor=features.DUPE_FACTOR, whole_word_mask=False,
+        lower_case=True, vocab_size=features.VOCAB_SIZE,
+        seed=features.RANDOM_SEED):
     """Text documents -> TFRecord files; returns (vocab file, #examples).
 
     Learns and writes a vocabulary to `output_vocab_file` when `vocab_file`

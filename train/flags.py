@@ -10,10 +10,9 @@ import dataclasses
 from absl import flags
 
 from tf_lamb.distribute import STRATEGIES
-from train import accelerators
 from train import config as config_lib
-from train import create_pretraining_data as cpd
-from train.modeling import MODEL_SIZES
+from train.model.bert import MODEL_SIZES
+from train.plan import accelerators
 
 # Settings whose default depends on others: the config resolves them when
 # the flag was not given (see PretrainConfig).
@@ -42,7 +41,21 @@ def _default(name):
 
 
 def define_flags():
-    # -- where things run ----------------------------------------------------
+    """Defines the flags of `python -m train.pretrain`, a group of
+    PretrainConfig's settings at a time."""
+    _define_placement_flags()
+    _define_model_flags()
+    _define_data_flags()
+    _define_schedule_flags()
+    _define_optimizer_flags()
+    _define_performance_flags()
+    _define_evaluation_flags()
+    _define_output_flags()
+    _define_failure_flags()
+
+
+def _define_placement_flags():
+    """Where the run trains: strategy, TPU, GPUs, workers."""
     flags.DEFINE_enum("strategy", _default("strategy"), STRATEGIES,
                       "tf.distribute strategy. multi_worker reads the "
                       "cluster from the TF_CONFIG environment variable.")
@@ -70,7 +83,10 @@ def define_flags():
                          "error (exit status 1); 0: as long as it takes. "
                          "While it waits it says for which, and SIGTERM or "
                          "Ctrl-C end it.")
-    # -- model ---------------------------------------------------------------
+
+
+def _define_model_flags():
+    """The model and the weights it starts from."""
     flags.DEFINE_enum("model_size", _default("model_size"), list(MODEL_SIZES),
                       "Preset BERT size (layers/hidden/heads): tiny 2/128/2, "
                       "mini 4/256/4, small 4/512/8, medium 8/512/8, base "
@@ -87,7 +103,10 @@ def define_flags():
                         "(bert_model.ckpt) or by this program (a model_dir "
                         "or a checkpoint prefix). Only at the start of a "
                         "run: a checkpoint in --model_dir wins.")
-    # -- data ----------------------------------------------------------------
+
+
+def _define_data_flags():
+    """The examples: files, text or a TFDS dataset, and the vocabulary."""
     flags.DEFINE_list("train_files", _default("train_files"),
                       "Comma-separated globs of TFRecord files of "
                       "pretraining examples (Google BERT format, e.g. from "
@@ -127,10 +146,46 @@ def define_flags():
                         "Default: learnt from the text, or required with "
                         "--train_files unless --bert_config_file gives the "
                         "size.")
-    cpd.define_flags(seed_flag=False)
+    _define_example_flags()
     flags.DEFINE_integer("shuffle_buffer", _default("shuffle_buffer"),
                          "Examples in the tf.data shuffle buffer.")
-    # -- schedule ------------------------------------------------------------
+
+
+def _define_example_flags():
+    # The flags of train.create_pretraining_data of the same names; their
+    # defaults, PretrainConfig's, are train.data.features'.
+    flags.DEFINE_integer(
+        "max_seq_length", _default("max_seq_length"),
+        "Tokens per example, [CLS] and [SEP]s included; shorter examples are "
+        "padded with 0.")
+    flags.DEFINE_integer(
+        "max_predictions_per_seq", _default("max_predictions_per_seq"),
+        "Most masked-LM predictions per example (the rest are padding with "
+        "weight 0).")
+    flags.DEFINE_float("masked_lm_prob", _default("masked_lm_prob"),
+                       "Share of the tokens of an example that are masked.")
+    flags.DEFINE_float(
+        "short_seq_prob", _default("short_seq_prob"),
+        "Probability of an example shorter than max_seq_length (so that the "
+        "model also sees short inputs).")
+    flags.DEFINE_integer(
+        "dupe_factor", _default("dupe_factor"),
+        "How many times the text is turned into examples, each time with "
+        "different masks and sentence pairs.")
+    flags.DEFINE_bool(
+        "whole_word_mask", _default("whole_word_mask"),
+        "Mask all WordPieces of a word together instead of single pieces.")
+    flags.DEFINE_bool("do_lower_case", _default("do_lower_case"),
+                      "Lower-case the text (and strip accents) before "
+                      "splitting it into WordPieces.")
+    flags.DEFINE_integer(
+        "vocab_size", _default("vocab_size"),
+        "Target size of the WordPiece vocabulary learnt when no --vocab_file "
+        "is given (the learnt one can be smaller on small corpora).")
+
+
+def _define_schedule_flags():
+    """Updates, batches and learning rates, of both phases."""
     flags.DEFINE_integer("train_batch_size", _default("train_batch_size"),
                          "Global batch size of one optimizer update (all "
                          "replicas and accumulation steps together).")
@@ -175,7 +230,10 @@ def define_flags():
     flags.DEFINE_integer("phase2_warmup_steps",
                          _default("phase2_warmup_steps"),
                          "Warmup updates at the start of phase 2.")
-    # -- optimizer (tf_lamb.Lamb) ---------------------------------------------
+
+
+def _define_optimizer_flags():
+    """The optimizer, tf_lamb.Lamb."""
     flags.DEFINE_float("beta_1",
                        _default("beta_1"),
                        "LAMB: decay of the first moment.")
@@ -224,7 +282,10 @@ def define_flags():
                        "LAMB: a static loss scale; the loss is multiplied "
                        "by it and the gradients divided by it (for "
                        "mixed_float16, dynamic scaling is used instead).")
-    # -- performance ----------------------------------------------------------
+
+
+def _define_performance_flags():
+    """Precision, compilation, and planning for a chip."""
     flags.DEFINE_enum("mixed_precision",
                       _default("mixed_precision"),
                       config_lib.PRECISIONS,
@@ -246,8 +307,8 @@ def define_flags():
                       "device (libtpu, or jax's CUDA plugin), and report "
                       "whether it compiles, the memory it needs against the "
                       "chip's, the largest per-chip batch that fits and a "
-                      "roofline estimate of its speed (train.compile_plan). "
-                      "Writes nothing.")
+                      "roofline estimate of its speed "
+                      "(train.plan.compile_plan). Writes nothing.")
     flags.DEFINE_integer("compile_for_max_compiles",
                          _default("compile_for_max_compiles"),
                          "With --compile_for: compile the step at most this "
@@ -266,7 +327,10 @@ def define_flags():
                          "run), but a round trip on a TPU can cost as much "
                          "as an update. SIGTERM/SIGINT end a call after the "
                          "update in progress (docs/failures.md).")
-    # -- evaluation -----------------------------------------------------------
+
+
+def _define_evaluation_flags():
+    """What is evaluated, and when."""
     flags.DEFINE_enum("mode", _default("mode"), config_lib.MODES,
                       "train; eval (evaluate the newest checkpoint in "
                       "--model_dir, else --init_checkpoint, on "
@@ -285,7 +349,10 @@ def define_flags():
     flags.DEFINE_integer("eval_every_steps", _default("eval_every_steps"),
                          "With --mode=train_and_eval: evaluate every this "
                          "many updates (and at the end).")
-    # -- output ---------------------------------------------------------------
+
+
+def _define_output_flags():
+    """Checkpoints, logs, the export and the seed."""
     flags.DEFINE_string("model_dir", _default("model_dir"),
                         "Checkpoints, TensorBoard events, config, vocabulary "
                         "and generated data. A run resumes from the last "
@@ -307,7 +374,10 @@ def define_flags():
     flags.DEFINE_integer("seed", _default("seed"),
                          "Seed of initialisation, dropout, data order and "
                          "generated examples.")
-    # -- failures (docs/failures.md) ------------------------------------------
+
+
+def _define_failure_flags():
+    """Divergence and recovery (docs/failures.md)."""
     flags.DEFINE_float("loss_upper_bound",
                        _default("loss_upper_bound"),
                        "An update whose loss (MLM + NSP) is above this, or "

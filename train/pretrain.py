@@ -54,7 +54,7 @@ Examples:
 
 import sys
 
-from train import logs
+from train.runtime import logs
 
 if __name__ == "__main__":
     # Before TensorFlow loads: its C++ log level is read then.
@@ -64,10 +64,10 @@ if __name__ == "__main__":
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from train import create_pretraining_data as cpd  # noqa: E402
-from train import errors  # noqa: E402
 from train import flags as train_flags  # noqa: E402
 from train.pretrain_lib import run_pretraining  # noqa: E402
+from train.runtime import errors  # noqa: E402
+from train.runtime import run_dir  # noqa: E402
 
 
 def run_from_flags(flag_values):
@@ -75,7 +75,7 @@ def run_from_flags(flag_values):
     run_pretraining's metrics (InputError for bad flags or data)."""
     config = train_flags.config_from_flags(flag_values)
     return run_pretraining(config, record_files={
-        "flags.txt": train_flags.flags_file(config, flag_values)})
+        run_dir.FLAGS: train_flags.flags_file(config, flag_values)})
 
 
 def main(argv):
@@ -108,7 +108,6 @@ def main(argv):
 train_flags.define_flags()
 # `--help` lists the key flags of the main module: these are its flags.
 flags.adopt_module_key_flags(train_flags)
-flags.adopt_module_key_flags(cpd)
 
 if __name__ == "__main__":
     app.run(main)

@@ -11,11 +11,11 @@ anything is written), make or reuse the examples, build the model and LAMB
 under the strategy, resume from the newest checkpoint in `model_dir`, train
 with logs, TensorBoard summaries and checkpoints, and export the encoder.
 
-The training itself is train/controller.py's: it runs the updates in calls
-of the compiled loop and fires the actions (log, summaries, checkpoints,
-evaluation) at their intervals, and handles preemption and divergence
-(docs/failures.md). This module is the wiring: config -> strategy -> data
--> trainer -> controller -> result.
+The training itself is train/loop/controller.py's: it runs the updates in
+calls of the compiled loop and fires the actions (log, summaries,
+checkpoints, evaluation) at their intervals, and handles preemption and
+divergence (docs/failures.md). This module is the wiring: config ->
+strategy -> data -> trainer -> controller -> result.
 """
 
 import contextlib
@@ -27,27 +27,25 @@ import os
 import keras
 import tensorflow as tf
 
-from train import accelerators
-from train import actions
-from train import checkpoints
-from train import cluster
-from train import compile_plan
-from train import data
-from train import evaluation
-from train import export
-from train import input_pipeline
-from train import model_setup
-from train import modeling
-from train import paths
-from train import run_checkpoints
-from train import schedule
-from train import scratch
-from train import tokenization
-from train import trainer as trainer_lib
-from train.controller import Controller
-# Tests and callers of an earlier version import it from here.
-from train.controller import next_stop as _next_stop  # noqa: F401
-from train.errors import InputError
+from train.data import record_checks
+from train.data import sources
+from train.data import tokenization
+from train.interop import exports
+from train.interop import init_checkpoints
+from train.loop import actions
+from train.loop import checkpoints
+from train.loop import evaluation
+from train.loop import schedule
+from train.loop import trainer as trainer_lib
+from train.loop.controller import Controller
+from train.model import bert
+from train.model import choice
+from train.plan import accelerators
+from train.plan import compile_plan
+from train.runtime import cluster
+from train.runtime import run_dir
+from train.runtime import scratch
+from train.runtime.errors import InputError
 
 
 def check_batch_sizes(config, phases, replicas):
@@ -67,8 +65,8 @@ class _Checked:
     """What the checks found: everything a run needs before it writes."""
 
     phases: list
-    bert_config: object  # modeling.BertConfig, or None until a vocabulary
-    source: object  # data.TextSource, or None with --train_files
+    bert_config: object  # bert.BertConfig, or None until a vocabulary
+    source: object  # sources.TextSource, or None with --train_files
     eval_files: tuple
     latest: object  # the newest checkpoint in --model_dir, or None
     # The schedule the checkpoint was trained with (get_config()), or None.
@@ -84,10 +82,10 @@ def _check_init_checkpoint(config, bert_config, resuming):
         raise InputError("--init_checkpoint needs the checkpoint's model: "
                          "give --bert_config_file, or --vocab_file with "
                          "--model_size")
-    model = modeling.BertPretrainer(bert_config)
+    model = bert.BertPretrainer(bert_config)
     model.build_for(config.max_seq_length, config.max_predictions_per_seq)
     try:
-        checkpoints.check_checkpoint_fits(model, config.init_checkpoint)
+        init_checkpoints.check_checkpoint_fits(model, config.init_checkpoint)
     except ValueError as error:
         raise InputError(f"--init_checkpoint: {error}") from None
 
@@ -101,13 +99,13 @@ def _check(config, strategy):
         raise InputError(
             f"--eval_batch_size={config.eval_batch_size} is not divisible "
             f"by the {strategy.num_replicas_in_sync} replica(s)")
-    listed = run_checkpoints.listed_checkpoints(config.model_dir)
+    listed = checkpoints.listed_checkpoints(config.model_dir)
     latest = listed[0] if listed else None
     # The checkpoint's own model: what --mode=eval evaluates, and what the
     # lengths are checked against when no flag names the model.
-    saved = (model_setup.saved_model_config(config.model_dir) if latest
+    saved = (choice.saved_model_config(config.model_dir) if latest
              else None)
-    bert_config, _ = model_setup.resolve_model(config, phases, saved)
+    bert_config, _ = choice.resolve_model(config, phases, saved)
     if bert_config is None and config.mode == "eval" and saved:
         bert_config = saved.bert_config
     if config.evaluates and bert_config is None:
@@ -123,18 +121,18 @@ def _check(config, strategy):
                              f"--init_checkpoint is given")
     source = None
     if config.trains:
-        source = data.find_source(config)
+        source = sources.find_source(config)
         if source is None:
-            phases = data.train_files(config, phases, bert_config)
+            phases = sources.train_files(config, phases, bert_config)
     eval_files = ()
     if config.evaluates:
         try:
-            eval_files = input_pipeline.check_files(
+            eval_files = record_checks.check_files(
                 config.eval_files, config.max_seq_length,
                 config.max_predictions_per_seq, bert_config.vocab_size)
         except ValueError as error:
             raise InputError(f"--eval_files: {error}") from None
-    model_setup.check_model_dir(config, bert_config)
+    choice.check_model_dir(config, bert_config)
     _check_init_checkpoint(config, bert_config, resuming=bool(latest))
     return _Checked(phases=phases, bert_config=bert_config, source=source,
                     eval_files=eval_files, latest=latest,
@@ -142,20 +140,11 @@ def _check(config, strategy):
                     if latest else None)
 
 
-# In --model_dir: the learning-rate schedule of the run that wrote it, so
-# that a resumed run can tell when its flags give another one.
-SCHEDULE_FILE = "schedule.json"
-
-
 def _saved_schedule(model_dir):
     """The schedule.json of a run in `model_dir` as a dict, or None (a run
     of an earlier version wrote none; it only serves a warning)."""
-    path = os.path.join(model_dir, SCHEDULE_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
     try:
-        with tf.io.gfile.GFile(path) as fh:
-            return json.load(fh)
+        return run_dir.read_json(model_dir, run_dir.SCHEDULE)
     except (ValueError, tf.errors.OpError):
         return None
 
@@ -184,7 +173,7 @@ def _reading(files, seq_length, predictions):
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
             UnicodeDecodeError) as error:
-        raise input_pipeline.data_error(
+        raise record_checks.data_error(
             error, files, seq_length, predictions) from None
 
 
@@ -197,13 +186,13 @@ def _prepare_data(config, checked, work_dir):
     vocab_file = config.vocab_file
     heldout = None
     if checked.source is not None:
-        phases, vocab_file, heldout = data.prepare_examples(
-            os.path.join(work_dir, "data"), checked.source, phases, config,
+        phases, vocab_file, heldout = sources.prepare_examples(
+            run_dir.path(work_dir, run_dir.DATA), checked.source, phases, config,
             bert_config)
     if bert_config is None:
-        bert_config = modeling.BertConfig.for_size(
+        bert_config = bert.BertConfig.for_size(
             config.model_size_name, len(tokenization.read_vocab(vocab_file)))
-        model_setup.check_model_dir(config, bert_config)
+        choice.check_model_dir(config, bert_config)
     return phases, vocab_file, bert_config, heldout
 
 
@@ -213,16 +202,13 @@ def _write_run_files(config, phases, bert_config, vocab_file, record_files):
     been restored: a run that stops on a checkpoint it cannot read leaves
     the files of the run that wrote it as they were). Each file is written
     whole under a new name, then renamed over the old one."""
-    model_dir = config.model_dir
     files = dict(record_files or {})
-    files["bert_config.json"] = bert_config.to_json_string()
-    files[SCHEDULE_FILE] = json.dumps(trainer_lib.make_schedule(
+    files[run_dir.BERT_CONFIG] = bert_config.to_json_string()
+    files[run_dir.SCHEDULE] = json.dumps(trainer_lib.make_schedule(
         config, phases).get_config(), indent=2) + "\n"
-    for name, text in files.items():
-        paths.write_atomically(os.path.join(model_dir, name), text)
-    run_vocab = os.path.join(model_dir, "vocab.txt")
-    if vocab_file and not paths.same(vocab_file, run_vocab):
-        paths.write_atomically(run_vocab, paths.read_text(vocab_file))
+    files[run_dir.CONFIG] = run_dir.config_text(config)
+    run_dir.write(config.model_dir, files)
+    run_dir.copy_vocab(config.model_dir, vocab_file)
 
 
 def _evaluate_heldout(config, trainer, phase, heldout, chief):
@@ -261,7 +247,7 @@ def _restore_or_initialise(config, trainer, saved):
             " (--init_checkpoint is only for a run's start: not loaded)"
             if config.init_checkpoint else ""), flush=True)
     elif config.init_checkpoint:
-        variables, parameters = checkpoints.init_from_checkpoint(
+        variables, parameters = init_checkpoints.init_from_checkpoint(
             trainer.model, config.init_checkpoint)
         print(f"Initialised {variables} variables ({parameters:,} "
               f"parameters) from {config.init_checkpoint}", flush=True)
@@ -290,11 +276,12 @@ def _evaluation(config, checked, trainer, chief):
 
 
 def _print_start(config, trainer, start_step):
-    bert = trainer.bert_config
+    model = trainer.bert_config
     params = sum(int(tf.size(v)) for v in trainer.variables)
     total = config.num_train_steps
-    print(f"BERT {bert.num_hidden_layers} layers, hidden {bert.hidden_size}, "
-          f"vocab {bert.vocab_size}: {params:,} parameters; "
+    print(f"BERT {model.num_hidden_layers} layers, hidden "
+          f"{model.hidden_size}, vocab {model.vocab_size}: {params:,} "
+          f"parameters; "
           f"{config.strategy} strategy ({trainer.strategy.__class__.__name__})"
           f" with {trainer.replicas} replica(s); steps {start_step} -> "
           f"{total}", flush=True)
@@ -350,7 +337,7 @@ def _train(config, trainer, phases, saved, evaluate, chief, start_step):
     under the divergence guard); returns the step reached, the log's
     history and the examples per second of this call."""
     _print_start(config, trainer, start_step)
-    with run_checkpoints.DivergenceGuard(trainer, saved, config) as guard:
+    with checkpoints.DivergenceGuard(trainer, saved, config) as guard:
         controller, log = _controller(config, trainer, phases, saved,
                                       guard, evaluate, chief)
         step = controller.train(start_step)
@@ -362,7 +349,7 @@ def _export_encoder(config, saved):
     """Writes the encoder's SavedModel to `config.export_path` from the
     newest good checkpoint, through python -m train.export's code (a fresh
     float32 model)."""
-    export.export_saved_model(
+    exports.export_saved_model(
         config.model_dir, config.export_path, overwrite=True,
         checkpoint=saved.newest, require_vocab=False)
     print(f"Exported the encoder to {config.export_path}", flush=True)
@@ -370,10 +357,10 @@ def _export_encoder(config, saved):
 
 def plan_for_chip(config):
     """`--compile_for`: the run's training step compiled for the chip named
-    (train.compile_plan), reported; nothing is trained or written. Returns
+    (train.plan.compile_plan), reported; nothing is trained or written. Returns
     the plan."""
     phases = config.phases()
-    bert_config, _ = model_setup.resolve_model(config, phases)
+    bert_config, _ = choice.resolve_model(config, phases)
     if bert_config is None:
         bert_config = compile_plan.default_bert_config(config)
     try:
@@ -413,7 +400,7 @@ def run_pretraining(config, strategy=None, record_files=None,
         `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
         for its model and optimizer).
 
-    Raises (train.errors; docs/failures.md):
+    Raises (train.runtime.errors; docs/failures.md):
         InputError: bad settings or data, before anything is written.
         DataError: a record that cannot be read, found while training or
             evaluating (checkpoints saved before it are kept).
@@ -430,7 +417,8 @@ def run_pretraining(config, strategy=None, record_files=None,
     checked = _check(config, strategy)
     # -- from here on, files are written ---------------------------------------
     chief = trainer_lib.is_chief(strategy)
-    # A non-chief's examples and checkpoint copies: in memory (scratch.py).
+    # A non-chief's examples and checkpoint copies: in memory
+    # (train/runtime/scratch.py).
     work_dir = config.model_dir if chief else scratch.memory_dir("worker")
     # The run's precision is Keras' global policy while it builds its
     # model; the caller's is given back when it returns (the model keeps
@@ -444,7 +432,7 @@ def run_pretraining(config, strategy=None, record_files=None,
         keras.mixed_precision.set_global_policy(config.mixed_precision)
         trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
                                       optimizer_fn)
-        saved = run_checkpoints.RunCheckpoints(
+        saved = checkpoints.RunCheckpoints(
             trainer, config.model_dir if chief
             else os.path.join(work_dir, "checkpoints"),
             config.keep_checkpoint_max if chief else 1)

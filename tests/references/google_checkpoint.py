@@ -1,6 +1,6 @@
 """Google BERT's checkpoint format, written independently of
-train.checkpoints: the names Google uses for our model's variables, and a
-TF1 name-based checkpoint as Google's code saves one."""
+train.interop.init_checkpoints: the names Google uses for our model's
+variables, and a TF1 name-based checkpoint as Google's code saves one."""
 
 import numpy as np
 import tensorflow as tf
@@ -8,7 +8,8 @@ import tensorflow as tf
 
 def google_name(path):
     """Google's checkpoint name for a model variable path (independent of
-    train.checkpoints), and whether Google stores it transposed."""
+    train.interop.init_checkpoints), and whether Google stores it
+    transposed."""
     if path == "cls/seq_relationship/kernel":
         return "cls/seq_relationship/output_weights", True
     if path == "cls/seq_relationship/bias":

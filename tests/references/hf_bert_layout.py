@@ -1,6 +1,6 @@
 """transformers' BERT layout, written from the module tree of
 transformers' `models/bert/modeling_bert.py` (read, not imported: torch is
-not installed here), independently of train/huggingface.py.
+not installed here), independently of train/interop/huggingface.py.
 
 `BertForPreTraining` is
 

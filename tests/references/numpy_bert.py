@@ -2,7 +2,7 @@
 
 Written from the architecture of Google's original BERT (Devlin et al.,
 2019, and the computation in its modeling.py / run_pretraining.py), not from
-train.modeling: weights are held in a dict under Google's checkpoint names,
+train.model.bert: weights are held in a dict under Google's checkpoint names,
 so the same dict can be written as a TF1 checkpoint and compared with any
 model that claims to compute the same function.
 """

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
-from train import corpus
 from train import create_pretraining_data as cpd
+from train.data import corpus
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -8,8 +8,8 @@ phase, a log line, a checkpoint or an evaluation is due sooner
 each call, in this order:
 
 - a diverged update (loss not finite or above --loss_upper_bound) sends
-  the run back to its last good checkpoint (`run_checkpoints.
-  DivergenceGuard`), or stops it with a DivergenceError;
+  the run back to its last good checkpoint (`checkpoints.DivergenceGuard`),
+  or stops it with a DivergenceError;
 - a stop request (SIGTERM/SIGINT on any worker, `preemption`) saves a
   checkpoint at the update reached and raises `errors.Preempted`;
 - the due actions run: log line and summaries, checkpoint, evaluation.
@@ -17,8 +17,8 @@ each call, in this order:
 
 import time
 
-from train.errors import Preempted
-from train.preemption import StopOnSignals
+from train.loop.preemption import StopOnSignals
+from train.runtime.errors import Preempted
 
 
 def intervals(config):
@@ -43,8 +43,8 @@ def next_stop(step, end, config):
 class Controller:
     """Trains `trainer` through `phases` up to config.num_train_steps.
 
-    Arguments: `actions` (see train/actions.py), `checkpoints` (a
-    run_checkpoints.RunCheckpoints), `guard` (a DivergenceGuard), and
+    Arguments: `actions` (see train/loop/actions.py), `checkpoints` (a
+    train.loop.checkpoints.RunCheckpoints), `guard` (a DivergenceGuard), and
     `reading(phase)`, a context manager that turns a reading error of the
     phase's files into a DataError.
     """

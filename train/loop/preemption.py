@@ -7,21 +7,19 @@ which sits inside one call of the compiled training loop for up to
 signal's number to a pipe, whichever thread the signal reaches, and a
 watcher thread reading that pipe calls `request_stop` at once. The trainer
 reads that request after every update, inside the compiled loop, and all
-workers agree on it in the update's all-reduce (see train/trainer.py).
+workers agree on it in the update's all-reduce (see train/loop/trainer.py).
 
 Before training, where the main thread waits in Python (for the other
-workers of a cluster), `raising_on_signals` is enough: the handler runs at
-once and ends the wait with `errors.Interrupted`.
+workers of a cluster), `train.runtime.signals.raising_on_signals` is
+enough: the handler runs at once and ends the wait with
+`errors.Interrupted`.
 """
 
-import contextlib
 import os
 import signal
 import threading
 
-from train.errors import Interrupted
-
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from train.runtime.signals import SIGNALS
 
 # Written to the pipe to end the watcher thread (no signal has number 0).
 _QUIT = b"\0"
@@ -85,29 +83,3 @@ class StopOnSignals:
         os.close(self._read_fd)
         os.close(self._write_fd)
         return False
-
-
-@contextlib.contextmanager
-def raising_on_signals(while_doing):
-    """While active, SIGTERM and SIGINT raise `Interrupted` (whose message
-    says it stopped `while_doing`) in the main thread. For waits in Python
-    (sleeps, socket timeouts), which a handler interrupts at once; the
-    previous handlers come back on exit. Installs nothing outside the main
-    thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(number, frame):
-        del frame
-        raise Interrupted(number, while_doing)
-
-    previous = {number: signal.signal(number, on_signal)
-                for number in SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            # None: a handler set outside Python, which cannot be put back.
-            signal.signal(number, signal.SIG_DFL if handler is None
-                          else handler)

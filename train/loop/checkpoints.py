@@ -1,8 +1,8 @@
 """The run's own checkpoints in --model_dir: restoring with a fallback to an
 older one, saving with checks, and the state a diverged run goes back to.
 
-(`train/checkpoints.py` is the other direction: reading Google's and other
-runs' checkpoints into a model.)
+(`train/interop/init_checkpoints.py` is the other direction: reading
+Google's and other runs' checkpoints into a model.)
 """
 
 import os
@@ -10,8 +10,8 @@ import re
 
 import tensorflow as tf
 
-from train.errors import CheckpointError
-from train.errors import DivergenceError
+from train.runtime.errors import CheckpointError
+from train.runtime.errors import DivergenceError
 
 
 def listed_checkpoints(directory):

@@ -3,7 +3,7 @@
 Everything is decided from a `PretrainConfig` and returned; nothing here
 changes the phases it is given. The checks (`find_source`, `train_files`)
 write nothing; only `prepare_examples` writes, into the run's data
-directory. Which model a run trains is `train.model_setup`'s.
+directory. Which model a run trains is `train.model.choice`'s.
 """
 
 import collections
@@ -17,12 +17,12 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from train import corpus
-from train import examples
-from train import input_pipeline
-from train import paths
-from train import tokenization
-from train.errors import InputError
+from train.data import corpus
+from train.data import examples
+from train.data import record_checks
+from train.data import tokenization
+from train.runtime import paths
+from train.runtime.errors import InputError
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ def train_files(config, phases, bert_config):
     try:
         for phase, patterns in zip(phases, (config.train_files,
                                             config.phase2_train_files)):
-            result.append(phase.with_files(input_pipeline.check_files(
+            result.append(phase.with_files(record_checks.check_files(
                 patterns, phase.seq_length, phase.predictions,
                 bert_config.vocab_size)))
     except ValueError as error:

@@ -9,8 +9,6 @@ release the GIL, and waiting on requests one file after the other was most
 of the start-up time.  Results do not depend on the parallelism: the first
 bad file in the files' order is the one reported.
 
-`train.input_pipeline` re-exports `check_files`, `data_error` and
-`VOCAB_WARNING_RATIO`.
 """
 
 import concurrent.futures
@@ -22,7 +20,9 @@ import sys
 
 import tensorflow as tf
 
-from train.errors import DataError
+from train.data.features import feature_spec
+from train.data.reading import matching_files
+from train.runtime.errors import DataError
 
 # A TFRecord record is framed as: length (uint64, little-endian), a masked
 # CRC-32C of the length (uint32), the data, a masked CRC-32C of the data.
@@ -55,12 +55,6 @@ _verified = set()
 # and 10587 of a 10778-token one).  Records made with a vocabulary half the
 # size or less (the usual mistake: the wrong vocab.txt) stay below it.
 VOCAB_WARNING_RATIO = 2
-
-
-def _feature_spec(max_seq_length, max_predictions):
-    # Imported here: train.input_pipeline imports this module at its top.
-    from train import input_pipeline
-    return input_pipeline.feature_spec(max_seq_length, max_predictions)
 
 
 def _in_order(function, items, workers=None):
@@ -350,9 +344,8 @@ def check_files(pattern_list, max_seq_length, max_predictions, vocab_size,
     is more than VOCAB_WARNING_RATIO times larger than the highest token id
     read.
     """
-    from train import input_pipeline  # see _feature_spec
-    files = input_pipeline.matching_files(pattern_list, "TFRecord file")
-    spec = _feature_spec(max_seq_length, max_predictions)
+    files = matching_files(pattern_list, "TFRecord file")
+    spec = feature_spec(max_seq_length, max_predictions)
     describe = (f"max_seq_length={max_seq_length} and "
                 f"max_predictions_per_seq={max_predictions}")
     budget, plans = full_check_bytes, []
@@ -448,7 +441,7 @@ def data_error(error, files, max_seq_length=None, max_predictions=None,
     message = _tf_message(error)
     spec = None
     if max_seq_length is not None and max_predictions is not None:
-        spec = _feature_spec(max_seq_length, max_predictions)
+        spec = feature_spec(max_seq_length, max_predictions)
     first = set(reading or ())
     candidates = ([p for p in files if p in first]
                   + [p for p in files if p not in first])

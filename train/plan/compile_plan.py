@@ -5,7 +5,7 @@ flags (model, sequence length, batch, precision, accumulation, optimizer),
 builds the training step that `--jit_compile` runs on one replica (forward,
 backward, gradient accumulation and the LAMB update, one XLA program),
 compiles it with the target's own compiler without the device
-(`train.accelerators`) and reports, training nothing and writing nothing:
+(`train.plan.accelerators`) and reports, training nothing and writing nothing:
 
 - whether it compiles (with the compiler's first error line if not);
 - the memory it needs (arguments, temporaries, outputs not updated in place)
@@ -25,13 +25,12 @@ import sys
 import time
 from typing import Callable, Optional
 
-from train import accelerators
+from train.plan import accelerators
 
-# At most this many compiles to find the largest batch that fits, and no
-# per-chip batch above MAX_BATCH: a program far too big for the chip makes
-# the compiler work hard to fit it (minutes), and BERT pretraining runs
-# tens to hundreds of examples per chip.
-MAX_FIT_COMPILES = 4
+# No per-chip batch above this (and at most accelerators.MAX_FIT_COMPILES
+# compiles to find the largest that fits): a program far too big for the
+# chip makes the compiler work hard to fit it (minutes), and BERT
+# pretraining runs tens to hundreds of examples per chip.
 MAX_BATCH = 1024
 
 
@@ -72,10 +71,10 @@ class CompiledStep:
             for sign in ("Ran out of memory", "HbmOom", "RESOURCE_EXHAUSTED"))
 
 
-def largest_fitting_batch(compile_at: Callable[[int], CompiledStep],
-                          capacity_bytes: float, start: int,
-                          max_compiles: int = MAX_FIT_COMPILES,
-                          max_batch: int = MAX_BATCH):
+def largest_fitting_batch(
+        compile_at: Callable[[int], CompiledStep], capacity_bytes: float,
+        start: int, max_compiles: int = accelerators.MAX_FIT_COMPILES,
+        max_batch: int = MAX_BATCH):
     """(largest batch that fits or None, {batch: CompiledStep} tried).
 
     Only batches `start * 2**k` up to `max_batch` are tried, at most
@@ -176,16 +175,10 @@ def roofline(step, spec, bert_config, seq_length, predictions):
 # -- the step, with TensorFlow -------------------------------------------------
 
 def feature_specs(batch, seq_length, predictions):
-    """The TensorSpecs of one batch, as train.input_pipeline yields it."""
-    import tensorflow as tf
-    ints = lambda n: tf.TensorSpec([batch, n], tf.int32)  # noqa: E731
-    return {"input_ids": ints(seq_length), "input_mask": ints(seq_length),
-            "segment_ids": ints(seq_length),
-            "masked_lm_positions": ints(predictions),
-            "masked_lm_ids": ints(predictions),
-            "masked_lm_weights": tf.TensorSpec([batch, predictions],
-                                               tf.float32),
-            "next_sentence_labels": ints(1)}
+    """The TensorSpecs of one batch, as train.data.reading yields it."""
+    # Imported here, as TensorFlow is: a plan needs it only to trace.
+    from train.data.features import batch_specs
+    return batch_specs(batch, seq_length, predictions)
 
 
 class StepExporter:
@@ -201,7 +194,7 @@ class StepExporter:
         self.device_kind = device_kind
         import keras
         import tensorflow as tf
-        from train import trainer as trainer_lib
+        from train.loop import trainer as trainer_lib
         self.phase = phase
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -399,7 +392,7 @@ def run(config, bert_config):
 def default_bert_config(config):
     """The model a plan compiles when no vocabulary is at hand yet: the
     run's size with --vocab_size tokens (the vocabulary it would learn)."""
-    from train import modeling
-    return modeling.BertConfig.for_size(config.model_size_name,
+    from train.model import bert
+    return bert.BertConfig.for_size(config.model_size_name,
                                         config.vocab_size)
 

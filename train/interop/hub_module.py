@@ -43,9 +43,9 @@ def _input_spec():
 
 class HubEncoder(tf.Module):
     """The exported object: `model.encoder` (a built, float32
-    modeling.BertPretrainer's) behind TF Hub's text-encoder API.
+    bert.BertPretrainer's) behind TF Hub's text-encoder API.
 
-    `google_names` is checkpoints.google_variable_names(model): the
+    `google_names` is init_checkpoints.google_variable_names(model): the
     exported variables take those names.  They are new tf.Variables
     holding the encoder's values; the encoder computes with them through
     `stateless_call`, so the SavedModel holds nothing but them.
@@ -124,7 +124,7 @@ class EncoderLayer(keras.layers.Layer):
     `trainable=True` (the default) `model.fit` fine-tunes every encoder
     variable, with the encoder's dropout on in training.
 
-        encoder = train.export.load_encoder_layer("runs/pretrain/export")
+        encoder = load_encoder_layer("runs/pretrain/export")
         pooled = encoder(inputs)["pooled_output"]
     """
 

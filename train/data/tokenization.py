@@ -18,7 +18,8 @@ import unicodedata
 
 import tensorflow as tf
 
-from train import paths
+from train.data import features
+from train.runtime import paths
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -149,7 +150,8 @@ class BertTokenizer:
                 for w in basic_tokenize(text, self.lower_case)]
 
 
-def learn_vocab(documents, vocab_size=8000, lower_case=True):
+def learn_vocab(documents, vocab_size=features.VOCAB_SIZE,
+                lower_case=True):
     """A WordPiece vocabulary (list of tokens) learnt from the words of
     Google's BasicTokenizer in `documents` (lists of sentences).
 

@@ -1,7 +1,7 @@
 """Means from sums: the one place where the pretraining metrics are made.
 
 Training and evaluation both add up, per replica and batch, the sums of
-`modeling.pretraining_losses` (weighted masked-LM loss, masked-LM weight,
+`bert.pretraining_losses` (weighted masked-LM loss, masked-LM weight,
 correct predictions; next-sentence loss, count, correct) across replicas
 and batches, and divide once at the end, so the result does not depend on
 how the examples were split between replicas, micro-batches or calls.

@@ -16,7 +16,8 @@ expressions written for BERT keep working, e.g.
 `cls/predictions/output_bias`.  (Three differ from Google's names: the
 embedding tables end in `/embeddings`, and the next-sentence classifier is a
 Dense layer, `cls/seq_relationship/{kernel,bias}`, whose kernel is the
-transpose of Google's `output_weights`; `train.checkpoints` maps them.)
+transpose of Google's `output_weights`; `train.interop.init_checkpoints`
+maps them.)
 
 Dropout is stateless: the caller passes an integer seed tensor of shape [2]
 (for instance derived from the step number and the replica), from which
@@ -33,7 +34,7 @@ import math
 import keras
 import tensorflow as tf
 
-from train import huggingface
+from train.model import hf_config
 
 # (layers, hidden size, attention heads); the intermediate size is 4x hidden.
 # tiny..medium are the compact models of Turc et al. (2019).
@@ -76,11 +77,12 @@ class BertConfig:
     @classmethod
     def from_dict(cls, values, source="the BERT config"):
         """From Google's bert_config.json keys, or from transformers'
-        config.json of a BERT (`model_type: bert`, see train/huggingface)."""
+        config.json of a BERT (`model_type: bert`, see
+        train/model/hf_config.py)."""
         if not isinstance(values, dict):
             raise ValueError(f"{source} must hold a JSON object")
         if "model_type" in values:
-            values = huggingface.bert_config_values(values, source)
+            values = hf_config.bert_config_values(values, source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -424,7 +426,7 @@ def pretraining_losses(features, mlm_logits, nsp_logits, nsp_weights=None):
     weighted by masked_lm_weights), mlm_weight, mlm_correct, nsp_loss_sum,
     nsp_count, nsp_correct.  `nsp_weights` ([batch], default all 1) weighs
     each example's next-sentence terms (evaluation gives padding examples
-    0).  The means are taken by `train.metrics`.
+    0).  The means are taken by `train.loop.metrics`.
     """
     ids = tf.cast(features["masked_lm_ids"], tf.int32)
     weights = tf.cast(features["masked_lm_weights"], tf.float32)

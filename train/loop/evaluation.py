@@ -28,11 +28,12 @@ import time
 
 import tensorflow as tf
 
-from train import input_pipeline
-from train import metrics
-from train import modeling
-from train import paths
-from train.metrics import scalar_summary
+from train.data import reading
+from train.data.features import is_float, lengths, to_example
+from train.loop import metrics
+from train.loop.metrics import scalar_summary
+from train.model import bert
+from train.runtime import paths
 
 # The sums each replica returns for its batch, added over replicas and steps.
 SUM_NAMES = metrics.SUM_NAMES
@@ -45,21 +46,9 @@ NSP_WEIGHT_KEY = "next_sentence_weights"
 def padding_record(seq_length, max_predictions):
     """A serialized Example of the pretraining format whose every value is 0
     (so masked_lm_weights are 0: it adds nothing to the masked-LM sums)."""
-    def ints(n):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[0] * n))
-    features = {
-        "input_ids": ints(seq_length),
-        "input_mask": ints(seq_length),
-        "segment_ids": ints(seq_length),
-        "masked_lm_positions": ints(max_predictions),
-        "masked_lm_ids": ints(max_predictions),
-        "masked_lm_weights": tf.train.Feature(float_list=tf.train.FloatList(
-            value=[0.0] * max_predictions)),
-        "next_sentence_labels": ints(1),
-    }
-    example = tf.train.Example(
-        features=tf.train.Features(feature=features))
-    return example.SerializeToString()
+    zeros = {name: [0.0 if is_float(name) else 0] * length
+             for name, length in lengths(seq_length, max_predictions).items()}
+    return to_example(zeros).SerializeToString()
 
 
 def evaluation_sums(features, mlm_logits, nsp_logits):
@@ -67,7 +56,7 @@ def evaluation_sums(features, mlm_logits, nsp_logits):
     training, with the next-sentence terms weighted by
     `features[NSP_WEIGHT_KEY]` so that padding examples count for nothing.
     """
-    return modeling.pretraining_losses(features, mlm_logits, nsp_logits,
+    return bert.pretraining_losses(features, mlm_logits, nsp_logits,
                                        nsp_weights=features[NSP_WEIGHT_KEY])
 
 
@@ -94,12 +83,12 @@ class Evaluator:
     """Evaluates `model` on `files` under `strategy`.
 
     Arguments:
-      model: a built `modeling.BertPretrainer` whose variables were created
+      model: a built `bert.BertPretrainer` whose variables were created
         under `strategy.scope()` (e.g. the training loop's model).
       strategy: the tf.distribute strategy of the model (None: the default
         strategy).
       files: TFRecord paths (already expanded, e.g. by
-        `input_pipeline.check_files`), read in this order.
+        `record_checks.check_files`), read in this order.
       global_batch_size: examples per step over all replicas; divisible by
         the number of replicas.
       seq_length, max_predictions: the records' max_seq_length and
@@ -217,7 +206,7 @@ class Evaluator:
                                         input_context.input_pipeline_id)
 
             def parse(serialized, weights):
-                features = input_pipeline.parse_batch(serialized, seq_length,
+                features = reading.parse_batch(serialized, seq_length,
                                                       predictions)
                 features[NSP_WEIGHT_KEY] = weights
                 return features

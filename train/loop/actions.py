@@ -1,7 +1,7 @@
 """What the controller does between calls of the compiled training loop,
 each at its own interval: the log line and summaries, the checkpoint, the
-evaluation (train/controller.py fires them; the preemption and divergence
-handling live there and in train/run_checkpoints.py).
+evaluation (train/loop/controller.py fires them; the preemption and
+divergence handling live there and in train/loop/checkpoints.py).
 
 Each action has `due(step, phase_end)` and `__call__(step)`; `begin(step,
 phase)` tells it a phase (or a stretch after a recovery) starts.
@@ -9,7 +9,7 @@ phase)` tells it a phase (or a stretch after a recovery) starts.
 
 import time
 
-from train.metrics import scalar_summary
+from train.loop.metrics import scalar_summary
 
 # More skipped updates than this share of a log interval's updates draws a
 # warning: dynamic loss scaling skips a few while it finds its scale, a

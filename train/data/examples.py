@@ -2,10 +2,9 @@
 made from tokenized documents and written as TFRecords.
 
 The records have the features of Google BERT's create_pretraining_data.py
-(`input_ids`, `input_mask`, `segment_ids`, `masked_lm_positions`,
-`masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`), with Google's
-number of masks per example. One seeded `random.Random` draws every choice,
-so the same documents, vocabulary and seed give the same records.
+(train/data/features.py), with Google's number of masks per example. One
+seeded `random.Random` draws every choice, so the same documents,
+vocabulary and seed give the same records.
 """
 
 import collections
@@ -14,8 +13,9 @@ import random
 
 import tensorflow as tf
 
-from train import paths
-from train.tokenization import SPECIAL_TOKENS
+from train.data import features
+from train.data.tokenization import SPECIAL_TOKENS
+from train.runtime import paths
 
 # Changes whenever the same text, vocabulary size and flags give other
 # examples, so that a cache of examples (train.pretrain's data directory) is
@@ -160,10 +160,13 @@ def _document_instances(documents, index, vocab, max_seq_length,
     return instances
 
 
-def create_instances(documents, vocab, max_seq_length=128,
-                     max_predictions=20, masked_lm_prob=0.15,
-                     short_seq_prob=0.1, dupe_factor=5,
-                     whole_word_mask=False, seed=12345):
+def create_instances(documents, vocab,
+                     max_seq_length=features.MAX_SEQ_LENGTH,
+                     max_predictions=features.MAX_PREDICTIONS_PER_SEQ,
+                     masked_lm_prob=features.MASKED_LM_PROB,
+                     short_seq_prob=features.SHORT_SEQ_PROB,
+                     dupe_factor=features.DUPE_FACTOR,
+                     whole_word_mask=False, seed=features.RANDOM_SEED):
     """Sentence-pair examples with masks, in a seeded random order.
 
     `documents` come from `tokenize_documents`; `vocab` is a `Vocab`.
@@ -186,21 +189,15 @@ def instance_to_example(instance, max_seq_length, max_predictions):
     pad = max_seq_length - n
     p = len(instance.masked_positions)
     p_pad = max_predictions - p
-
-    def ints(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    features = {
-        "input_ids": ints(instance.tokens + [0] * pad),
-        "input_mask": ints([1] * n + [0] * pad),
-        "segment_ids": ints(instance.segment_ids + [0] * pad),
-        "masked_lm_positions": ints(instance.masked_positions + [0] * p_pad),
-        "masked_lm_ids": ints(instance.masked_ids + [0] * p_pad),
-        "masked_lm_weights": tf.train.Feature(float_list=tf.train.FloatList(
-            value=[1.0] * p + [0.0] * p_pad)),
-        "next_sentence_labels": ints([1 if instance.is_random_next else 0]),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features))
+    return features.to_example({
+        "input_ids": instance.tokens + [0] * pad,
+        "input_mask": [1] * n + [0] * pad,
+        "segment_ids": instance.segment_ids + [0] * pad,
+        "masked_lm_positions": instance.masked_positions + [0] * p_pad,
+        "masked_lm_ids": instance.masked_ids + [0] * p_pad,
+        "masked_lm_weights": [1.0] * p + [0.0] * p_pad,
+        "next_sentence_labels": [1 if instance.is_random_next else 0],
+    })
 
 
 def write_instances(instances, output_files, max_seq_length,

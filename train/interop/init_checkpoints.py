@@ -1,7 +1,7 @@
 """Initialising a built BertPretrainer from an existing checkpoint.
 
 `init_from_checkpoint(model, path)` copies weights (never optimizer state)
-into a `modeling.BertPretrainer` from either
+into a `bert.BertPretrainer` from either
 
 * a checkpoint of Google's original BERT code (TF1, name-based): variables
   such as `bert/encoder/layer_0/attention/self/query/kernel` or
@@ -11,7 +11,7 @@ into a `modeling.BertPretrainer` from either
   model_dir (the newest checkpoint there is used) or as a prefix such as
   `model_dir/ckpt-1000`; or
 * a folder in the Hugging Face layout (config.json and model.safetensors
-  of transformers' BERT, see train/huggingface.py).
+  of transformers' BERT, see train/interop/huggingface.py).
 
 Checkpoint entries the model has no use for (`global_step`, optimizer slots
 such as `*/adam_m`, `*/adam_v`, the optimizer of our own runs) are ignored.
@@ -27,7 +27,7 @@ from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from train import huggingface
+from train.interop import huggingface
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _VARIABLE_ATTRIBUTE = "VARIABLE_VALUE"
@@ -251,7 +251,7 @@ def check_checkpoint_fits(model, path):
 
 
 def init_from_checkpoint(model, path):
-    """Copies a checkpoint's weights into a built `modeling.BertPretrainer`.
+    """Copies a checkpoint's weights into a built `bert.BertPretrainer`.
 
     `path` is a Google BERT checkpoint prefix (e.g. `.../bert_model.ckpt`),
     a train.pretrain model_dir or checkpoint prefix, a directory holding

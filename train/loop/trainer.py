@@ -1,7 +1,7 @@
 """Model, optimizer and compiled training steps, from a config and a strategy.
 
 `Trainer(config, strategy, bert_config, phases)` builds a
-`modeling.BertPretrainer` and a `tf_lamb.Lamb` (or the optimizer that
+`bert.BertPretrainer` and a `tf_lamb.Lamb` (or the optimizer that
 `optimizer_fn(learning_rate_schedule)` returns, for comparisons) (inside a
 `keras.optimizers.LossScaleOptimizer` for mixed_float16) under the strategy,
 and compiles `train_loop(iterator, updates)`: `updates` optimizer updates in
@@ -34,11 +34,11 @@ import keras
 import tensorflow as tf
 
 from tf_lamb import Lamb
-from train import data_order
-from train import input_pipeline
-from train import metrics
-from train import modeling
-from train import schedule
+from train.data import order
+from train.data import reading
+from train.loop import metrics
+from train.loop import schedule
+from train.model import bert
 
 # What each update's all-reduce carries, in this order.
 _SIGNALS = ("nonfinite_gradients", "mlm_loss_sum", "mlm_weight",
@@ -113,7 +113,7 @@ class Trainer:
                        trainable=False)
         self.loss_scaling = config.mixed_precision == "mixed_float16"
         with strategy.scope():
-            self.model = modeling.BertPretrainer(bert_config)
+            self.model = bert.BertPretrainer(bert_config)
             self.model.build_for(self.phases[0].seq_length,
                                  self.phases[0].predictions)
             if optimizer_fn is None:
@@ -146,7 +146,7 @@ class Trainer:
                 name="call_signals")
             # Where each replica is in the data (kept in the checkpoint,
             # so that a resumed run starts there without replaying).
-            self.data_position = data_order.PositionState(self.replicas)
+            self.data_position = order.PositionState(self.replicas)
         # Set from a signal handler's thread. A host variable, outside the
         # strategy: the loop tests it after every update without waiting
         # for the device.
@@ -160,7 +160,7 @@ class Trainer:
             strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.loss_upper_bound = float(config.loss_upper_bound)
         self.variables = self.model.trainable_variables
-        self.checkpoint = data_order.TrainingCheckpoint(
+        self.checkpoint = order.TrainingCheckpoint(
             model=self.model, optimizer=self.optimizer, step=self.step,
             skipped_updates=self.skipped_updates,
             data_position=self.data_position)
@@ -181,7 +181,7 @@ class Trainer:
         with tf.GradientTape() as tape:
             mlm_logits, nsp_logits = self.model(features, training=True,
                                                 seed=seed)
-            stats = modeling.pretraining_losses(features, mlm_logits,
+            stats = bert.pretraining_losses(features, mlm_logits,
                                                 nsp_logits)
             loss = metrics.training_objective(stats, self.replicas)
             if self.loss_scaling:
@@ -207,7 +207,7 @@ class Trainer:
         # The examples' positions in the data are the trainer's, not the
         # model's: recorded for a resume, then left out of the features.
         features = dict(features)
-        tags = features.pop(data_order.POSITION_KEY, None)
+        tags = features.pop(order.POSITION_KEY, None)
         if tags is not None:
             self.data_position.record(tags, context)
         # Dropout masks depend on the seed, the micro-step and the replica
@@ -378,12 +378,12 @@ class Trainer:
         pipelines = max(1, input_pipelines(self.strategy))
         micro_batch = self.accumulation.micro_batch_size(phase.batch_size)
         seed = self.config.seed + 1000 * phase_index
-        layout = data_order.layout(
+        layout = order.layout(
             phase_index, seed, pipelines, self.replicas,
             micro_batch // self.replicas, len(phase.files),
             self.config.shuffle_buffer)
         starts, skip = self._resume_points(layout, pipelines, updates_done)
-        fn = input_pipeline.dataset_fn(
+        fn = reading.dataset_fn(
             phase.files, micro_batch, phase.seq_length, phase.predictions,
             seed=seed, batches_to_skip=skip,
             shuffle_buffer=self.config.shuffle_buffer,
@@ -396,7 +396,7 @@ class Trainer:
         state = self.data_position
         starts = None
         if updates_done:
-            starts = data_order.resume_points(
+            starts = order.resume_points(
                 state.positions.numpy(), state.layout.numpy(), layout,
                 pipelines)
         if starts is not None:

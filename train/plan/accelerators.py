@@ -7,7 +7,7 @@ it, and `measure` reads what the compiler made of it: the kernels launched,
 the cost analysis (TPU), an estimate of the device-memory traffic, and the
 memory the program needs. `python -m benchmarks.compile_for` reports this
 for exported optimizer steps; `python -m train.pretrain --compile_for=...`
-for the training step (`train.compile_plan`).
+for the training step (`train.plan.compile_plan`).
 
 Neither compiler is a dependency (libtpu ~480 MB, the CUDA plugin
 ~5.5 GB): without one, `CompilerMissing` says which command installs it.
@@ -19,6 +19,12 @@ import re
 import time
 
 EXACT_FLOOR_BYTES_PER_PARAM = 44  # float32, benchmarks.optimizer_step
+
+# At most this many compiles to find the largest batch that fits on a chip
+# (train.plan.compile_plan; the default of --compile_for_max_compiles): a
+# program far too big for the chip makes the compiler work hard to fit it,
+# minutes per compile.
+MAX_FIT_COMPILES = 4
 
 # GpuTargetConfigProto fields (public chip specifications), as XLA:GPU reads
 # them to compile for a GPU that is not there.

@@ -2,38 +2,21 @@
 
 Every shape is static and every batch full (drop_remainder), as TPUs need.
 The order of the examples depends only on the seed and the pipeline layout
-(`train.data_order`), so that a resumed run sees the same data as an
+(`train.data.order`), so that a resumed run sees the same data as an
 uninterrupted one, starting where it stopped without reading what it
 already trained on.
 """
 
 import tensorflow as tf
 
-from train import data_order
-from train.errors import DataError  # noqa: F401 (with the checks below)
-# The checks of the files, re-exported: callers use input_pipeline's names.
-from train.record_checks import (  # noqa: F401
-    VOCAB_WARNING_RATIO, check_files, data_error)
-
-
-def feature_spec(max_seq_length, max_predictions):
-    ints = lambda n: tf.io.FixedLenFeature([n], tf.int64)  # noqa: E731
-    return {
-        "input_ids": ints(max_seq_length),
-        "input_mask": ints(max_seq_length),
-        "segment_ids": ints(max_seq_length),
-        "masked_lm_positions": ints(max_predictions),
-        "masked_lm_ids": ints(max_predictions),
-        "masked_lm_weights": tf.io.FixedLenFeature([max_predictions],
-                                                   tf.float32),
-        "next_sentence_labels": ints(1),
-    }
+from train.data import order
+from train.data.features import feature_spec
 
 
 def parse_batch(serialized, max_seq_length, max_predictions):
     """A batch of serialized Examples -> dict of int32/float32 tensors."""
-    parsed = tf.io.parse_example(serialized,
-                                 feature_spec(max_seq_length, max_predictions))
+    parsed = tf.io.parse_example(
+        serialized, feature_spec(max_seq_length, max_predictions))
     return {name: tf.cast(value, tf.int32) if value.dtype == tf.int64
             else value for name, value in parsed.items()}
 
@@ -56,9 +39,9 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
     """A function for `strategy.distribute_datasets_from_function`.
 
     `global_batch_size` is the batch of one micro-step over all replicas.
-    The order is `train.data_order`'s, a function of the seed and the
+    The order is `train.data.order`'s, a function of the seed and the
     pipeline layout only; each batch carries its examples' positions
-    under `data_order.POSITION_KEY`. `start_positions`, per input
+    under `order.POSITION_KEY`. `start_positions`, per input
     pipeline, is the (block, index) its stream starts at (a resume
     without replay); else `batches_to_skip` per-replica batches per input
     pipeline are read and dropped (before parsing).
@@ -70,7 +53,7 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
         pipeline = input_context.input_pipeline_id
         start = (0, 0) if start_positions is None else (
             start_positions[pipeline])
-        dataset = data_order.stream(
+        dataset = order.stream(
             files, seed, shuffle_buffer,
             pipelines=input_context.num_input_pipelines, pipeline=pipeline,
             start=start)
@@ -80,7 +63,7 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
 
         def parse(records, tags):
             features = parse_batch(records, max_seq_length, max_predictions)
-            features[data_order.POSITION_KEY] = tags
+            features[order.POSITION_KEY] = tags
             return features
 
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,

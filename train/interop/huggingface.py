@@ -13,9 +13,9 @@ A folder in this layout holds
 * `vocab.txt`, `tokenizer_config.json` and `special_tokens_map.json`:
   what `BertTokenizer` (transformers) and `BertTokenizer` (KerasHub) read.
 
-The names come from Google's (`checkpoints.google_variable_names`) by one
-rule, `hf_name`, so the three layouts this project reads and writes cannot
-drift apart.  Reading accepts what transformers' own loader accepts of a
+The names come from Google's (`init_checkpoints.google_variable_names`) by
+one rule, `hf_name`, so the three layouts this project reads and writes
+cannot drift apart.  Reading accepts what transformers' own loader accepts of a
 BERT: LayerNorm parameters as `gamma`/`beta` (older checkpoints), a sharded
 `model.safetensors.index.json`, float16 weights.
 """
@@ -27,45 +27,13 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from train.model.hf_config import bert_config_values, config_dict
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
-# transformers' BERT normalises with this epsilon unless config.json says
-# otherwise; ours is Google's, fixed.
-LAYER_NORM_EPS = 1e-12
-
-# hidden_act: ours (Google's names) -> transformers' ACT2FN names.  Google's
-# "gelu" is the tanh approximation, which transformers calls "gelu_new";
-# transformers' "gelu" is the exact erf form.
-ACTIVATION_NAMES = {
-    "gelu": "gelu_new",
-    "gelu_new": "gelu_new",
-    "gelu_exact": "gelu",
-    "relu": "relu",
-    "tanh": "tanh",
-    "swish": "silu",
-    "linear": "linear",
-}
-# transformers' names -> ours, for reading a config.json.
-ACTIVATIONS_FROM_HF = {
-    "gelu_new": "gelu",
-    "gelu_pytorch_tanh": "gelu",
-    "gelu_fast": "gelu",
-    "gelu": "gelu_exact",
-    "relu": "relu",
-    "tanh": "tanh",
-    "silu": "swish",
-    "swish": "swish",
-    "linear": "linear",
-}
-# The sizes transformers' BertConfig and Google's bert_config.json share.
-SHARED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers",
-               "num_attention_heads", "intermediate_size",
-               "hidden_dropout_prob", "attention_probs_dropout_prob",
-               "max_position_embeddings", "type_vocab_size",
-               "initializer_range")
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]",
                   "pad_token": "[PAD]", "cls_token": "[CLS]",
                   "mask_token": "[MASK]"}
@@ -104,60 +72,13 @@ def hf_name(google_name):
 
 def variable_names(google_names):
     """{transformers name: (variable, transposed)} from
-    checkpoints.google_variable_names(model): `transposed` is True where
+    init_checkpoints.google_variable_names(model): `transposed` is True where
     transformers stores the transpose of the model's variable."""
     names = {}
     for google_name, (variable, google_transposed) in google_names.items():
         name, transposed = hf_name(google_name)
         names[name] = (variable, transposed != google_transposed)
     return names
-
-
-def config_dict(bert_config, pad_token_id=0):
-    """transformers' config.json for a modeling.BertConfig."""
-    values = {key: getattr(bert_config, key) for key in SHARED_KEYS}
-    values.update(
-        architectures=["BertForPreTraining"],
-        model_type="bert",
-        hidden_act=ACTIVATION_NAMES[bert_config.hidden_act],
-        layer_norm_eps=LAYER_NORM_EPS,
-        pad_token_id=pad_token_id,
-        position_embedding_type="absolute",
-        classifier_dropout=None,
-        use_cache=True,
-        torch_dtype="float32",
-    )
-    return dict(sorted(values.items()))
-
-
-def bert_config_values(values, source):
-    """The keys of a Google bert_config.json from a transformers config.json
-    (a dict); ValueError naming what this BERT cannot compute."""
-    if values.get("model_type") != "bert":
-        raise ValueError(f"{source}: model_type is "
-                         f"{values.get('model_type')!r}, not 'bert'")
-    missing = [key for key in SHARED_KEYS + ("hidden_act",)
-               if key not in values]
-    if missing:
-        raise ValueError(f"{source} lacks {missing}")
-    act = values["hidden_act"]
-    if act not in ACTIVATIONS_FROM_HF:
-        raise ValueError(f"{source}: hidden_act {act!r} is not one of "
-                         f"{sorted(ACTIVATIONS_FROM_HF)}")
-    eps = values.get("layer_norm_eps", LAYER_NORM_EPS)
-    if not np.isclose(eps, LAYER_NORM_EPS, rtol=1e-3, atol=0):
-        raise ValueError(f"{source}: layer_norm_eps {eps} is not BERT's "
-                         f"{LAYER_NORM_EPS}, which this model uses")
-    position = values.get("position_embedding_type", "absolute")
-    if position != "absolute":
-        raise ValueError(f"{source}: position_embedding_type {position!r}; "
-                         f"only 'absolute' is supported")
-    if values.get("is_decoder"):
-        raise ValueError(f"{source}: is_decoder is true; only the BERT "
-                         f"encoder is supported")
-    converted = {key: values[key] for key in SHARED_KEYS}
-    converted["hidden_act"] = ACTIVATIONS_FROM_HF[act]
-    return converted
 
 
 def is_folder(path):
@@ -193,7 +114,7 @@ def _canonical(name):
 
 class Reader:
     """The weights of a Hugging Face folder, with the methods of
-    `tf.train.load_checkpoint`'s reader that checkpoints.py uses."""
+    `tf.train.load_checkpoint`'s reader that init_checkpoints.py uses."""
 
     def __init__(self, folder):
         safetensors = _safetensors()

@@ -6,14 +6,13 @@ whether a checkpoint already in --model_dir is of the same model.
 """
 
 import dataclasses
-import json
-import os
 
 import tensorflow as tf
 
-from train import modeling
-from train import tokenization
-from train.errors import InputError
+from train.data import tokenization
+from train.model import bert
+from train.runtime import run_dir
+from train.runtime.errors import InputError
 
 
 def resolve_model(config, phases, saved=None):
@@ -30,11 +29,11 @@ def resolve_model(config, phases, saved=None):
     bert_config, source = None, None
     try:
         if config.bert_config_file:
-            bert_config = modeling.BertConfig.from_json_file(
+            bert_config = bert.BertConfig.from_json_file(
                 config.bert_config_file)
             source = config.bert_config_file
         elif tokens is not None:
-            bert_config = modeling.BertConfig.for_size(
+            bert_config = bert.BertConfig.for_size(
                 config.model_size_name, len(tokens))
             source = f"--model_size={config.model_size_name}"
     except ValueError as error:
@@ -52,7 +51,7 @@ def resolve_model(config, phases, saved=None):
         check_lengths(config, phases, ModelConfig(bert_config, source))
     else:
         check_lengths(config, phases, saved or ModelConfig(
-            modeling.BertConfig.for_size(config.model_size_name, 1),
+            bert.BertConfig.for_size(config.model_size_name, 1),
             f"--model_size={config.model_size_name}"))
     return bert_config, tokens
 
@@ -61,7 +60,7 @@ def resolve_model(config, phases, saved=None):
 class ModelConfig:
     """A model's BertConfig and where it was read from (for messages)."""
 
-    bert_config: modeling.BertConfig
+    bert_config: bert.BertConfig
     source: str
 
 
@@ -89,20 +88,16 @@ def saved_model_config(model_dir):
     values = saved_bert_config(model_dir)
     if values is None:
         return None
-    path = os.path.join(model_dir, "bert_config.json")
+    path = run_dir.path(model_dir, run_dir.BERT_CONFIG)
     try:
-        return ModelConfig(modeling.BertConfig.from_dict(values, path), path)
+        return ModelConfig(bert.BertConfig.from_dict(values, path), path)
     except ValueError as error:
         raise InputError(str(error)) from None
 
 
 def saved_bert_config(model_dir):
     """The bert_config.json of a run in `model_dir` as a dict, or None."""
-    path = os.path.join(model_dir, "bert_config.json")
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as fh:
-        return json.load(fh)
+    return run_dir.read_json(model_dir, run_dir.BERT_CONFIG)
 
 
 def check_model_dir(config, bert_config):
@@ -120,7 +115,7 @@ def check_model_dir(config, bert_config):
                          f"no bert_config.json: not a run of this program")
     if bert_config is None:
         # The vocabulary is still to be learnt: compare all but its size.
-        bert_config = modeling.BertConfig.for_size(
+        bert_config = bert.BertConfig.for_size(
             config.model_size_name, saved.get("vocab_size", 1))
     wanted = bert_config.to_dict()
     if saved != wanted:

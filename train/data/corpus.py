@@ -18,7 +18,7 @@ import sysconfig
 
 import tensorflow as tf
 
-from train.input_pipeline import matching_files
+from train.data.reading import matching_files
 
 # Packages whose docstrings are mostly tests, data tables or platform glue.
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages",

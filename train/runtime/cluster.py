@@ -17,8 +17,8 @@ import threading
 import time
 
 from tf_lamb import distribute
-from train import preemption
-from train.errors import InputError
+from train.runtime.errors import InputError
+from train.runtime.signals import raising_on_signals
 
 
 def strategy_for(config):
@@ -133,7 +133,7 @@ def wait_for_workers(wait_seconds, environ=None):
     own, address, waiting = peers
     deadline = time.monotonic() + wait_seconds if wait_seconds else None
     said = False
-    with _listening(address), preemption.raising_on_signals(
+    with _listening(address), raising_on_signals(
             "while waiting for the other workers"):
         while True:
             waiting = {name: peer for name, peer in waiting.items()
