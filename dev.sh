@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry points in one place; see README.md.
 #   ./dev.sh demo [flags]   default BERT pretraining demo (python -m train.pretrain)
-#   ./dev.sh test [args]    the whole test suite (pytest)
+#   ./dev.sh test [args]    the whole test suite (pytest, two processes)
 #   ./dev.sh setup          only create/refresh the virtual environment
 # The first call creates .venv with Python 3.11 and installs the project into
 # it; later calls reuse it and reinstall only when setup.cfg changed. The
@@ -49,6 +49,11 @@ case "$cmd" in
   test)
     setup
     # pytest exits 5 when it collects nothing: that is a failure here too.
-    exec "$VENV/bin/python" -m pytest "$@" ;;
+    # Two processes (pytest-xdist), each test file whole in one of them so
+    # that a file's shared runs (module fixtures) are made once: a lone
+    # TensorFlow process leaves a core idle while it imports, traces and
+    # waits on its subprocesses. TEST_WORKERS=0 runs in this process.
+    exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile \
+      "$@" ;;
   *) echo "usage: $0 {demo|test|setup} [args...]" >&2; exit 2 ;;
 esac

@@ -191,6 +191,11 @@ def test_tiny_step_compiles_for_tpu_v5e_and_nothing_is_written(tmp_path):
     completed = _run_pretrain("--compile_for=tpu-v5e", "--model_size=tiny",
                               "--vocab_size=1000", "--train_batch_size=8",
                               "--mixed_precision=mixed_bfloat16",
+                              # Two compiles (batch 8, then 16): the search
+                              # itself is tested above against a fake
+                              # compiler; each compile for the v5e takes a
+                              # minute here.
+                              "--compile_for_max_compiles=2",
                               f"--model_dir={model_dir}")
     assert completed.returncode == 0, completed.stderr[-4000:]
     out = completed.stdout

@@ -40,16 +40,19 @@ def path(model_dir, name):
 
 
 def write(model_dir, files):
-    """Writes {name: text} into model_dir, each file atomically."""
+    """Writes {name: text} into model_dir (made if missing), each file
+    atomically."""
     for name, text in files.items():
-        paths.write_atomically(path(model_dir, name), text)
+        file = path(model_dir, name)
+        tf.io.gfile.makedirs(os.path.dirname(file))
+        paths.write_atomically(file, text)
 
 
 def copy_vocab(model_dir, vocab_file):
     """vocab.txt: a copy of `vocab_file` (nothing when it is that file)."""
     target = path(model_dir, VOCAB)
     if vocab_file and not paths.same(vocab_file, target):
-        paths.write_atomically(target, paths.read_text(vocab_file))
+        write(model_dir, {VOCAB: paths.read_text(vocab_file)})
 
 
 # PretrainConfig's settings that other settings decide (None in the
