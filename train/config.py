@@ -102,8 +102,8 @@ class PretrainConfig:
     masked_lm_prob: float = features.MASKED_LM_PROB
     short_seq_prob: float = features.SHORT_SEQ_PROB
     dupe_factor: int = features.DUPE_FACTOR
-    whole_word_mask: bool = False
-    do_lower_case: bool = True
+    whole_word_mask: bool = features.WHOLE_WORD_MASK
+    do_lower_case: bool = features.DO_LOWER_CASE
     vocab_size: int = features.VOCAB_SIZE
     shuffle_buffer: int = 10000
     # -- schedule

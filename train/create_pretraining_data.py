@@ -46,34 +46,7 @@ from train.data.tokenization import (  # noqa: E402
 def define_flags():
     """The flags of the examples (train.pretrain has flags of the same
     names and defaults, train/flags.py)."""
-    flags.DEFINE_integer(
-        "max_seq_length", features.MAX_SEQ_LENGTH,
-        "Tokens per example, [CLS] and [SEP]s included; shorter examples are "
-        "padded with 0.")
-    flags.DEFINE_integer(
-        "max_predictions_per_seq", features.MAX_PREDICTIONS_PER_SEQ,
-        "Most masked-LM predictions per example (the rest are padding with "
-        "weight 0).")
-    flags.DEFINE_float("masked_lm_prob", features.MASKED_LM_PROB,
-                       "Share of the tokens of an example that are masked.")
-    flags.DEFINE_float(
-        "short_seq_prob", features.SHORT_SEQ_PROB,
-        "Probability of an example shorter than max_seq_length (so that the "
-        "model also sees short inputs).")
-    flags.DEFINE_integer(
-        "dupe_factor", features.DUPE_FACTOR,
-        "How many times the text is turned into examples, each time with "
-        "different masks and sentence pairs.")
-    flags.DEFINE_bool(
-        "whole_word_mask", False,
-        "Mask all WordPieces of a word together instead of single pieces.")
-    flags.DEFINE_bool("do_lower_case", True,
-                      "Lower-case the text (and strip accents) before "
-                      "splitting it into WordPieces.")
-    flags.DEFINE_integer(
-        "vocab_size", features.VOCAB_SIZE,
-        "Target size of the WordPiece vocabulary learnt when no --vocab_file "
-        "is given (the learnt one can be smaller on small corpora).")
+    features.define_example_flags()
     flags.DEFINE_integer(
         "random_seed", features.RANDOM_SEED,
         "Seed of the example generator (pairs and masks).")

@@ -11,6 +11,7 @@ from absl import flags
 
 from tf_lamb.distribute import STRATEGIES
 from train import config as config_lib
+from train.data import features
 from train.model.bert import MODEL_SIZES
 from train.plan import accelerators
 
@@ -146,42 +147,9 @@ def _define_data_flags():
                         "Default: learnt from the text, or required with "
                         "--train_files unless --bert_config_file gives the "
                         "size.")
-    _define_example_flags()
+    features.define_example_flags()
     flags.DEFINE_integer("shuffle_buffer", _default("shuffle_buffer"),
                          "Examples in the tf.data shuffle buffer.")
-
-
-def _define_example_flags():
-    # The flags of train.create_pretraining_data of the same names; their
-    # defaults, PretrainConfig's, are train.data.features'.
-    flags.DEFINE_integer(
-        "max_seq_length", _default("max_seq_length"),
-        "Tokens per example, [CLS] and [SEP]s included; shorter examples are "
-        "padded with 0.")
-    flags.DEFINE_integer(
-        "max_predictions_per_seq", _default("max_predictions_per_seq"),
-        "Most masked-LM predictions per example (the rest are padding with "
-        "weight 0).")
-    flags.DEFINE_float("masked_lm_prob", _default("masked_lm_prob"),
-                       "Share of the tokens of an example that are masked.")
-    flags.DEFINE_float(
-        "short_seq_prob", _default("short_seq_prob"),
-        "Probability of an example shorter than max_seq_length (so that the "
-        "model also sees short inputs).")
-    flags.DEFINE_integer(
-        "dupe_factor", _default("dupe_factor"),
-        "How many times the text is turned into examples, each time with "
-        "different masks and sentence pairs.")
-    flags.DEFINE_bool(
-        "whole_word_mask", _default("whole_word_mask"),
-        "Mask all WordPieces of a word together instead of single pieces.")
-    flags.DEFINE_bool("do_lower_case", _default("do_lower_case"),
-                      "Lower-case the text (and strip accents) before "
-                      "splitting it into WordPieces.")
-    flags.DEFINE_integer(
-        "vocab_size", _default("vocab_size"),
-        "Target size of the WordPiece vocabulary learnt when no --vocab_file "
-        "is given (the learnt one can be smaller on small corpora).")
 
 
 def _define_schedule_flags():

@@ -10,6 +10,7 @@ evaluation batch (train.loop.evaluation) or traces the training step
 (train.plan.compile_plan) takes the names, lengths and types from here.
 """
 
+from absl import flags
 import tensorflow as tf
 
 # Defaults of the settings that make examples: the fields of PretrainConfig
@@ -19,6 +20,8 @@ MAX_PREDICTIONS_PER_SEQ = 20
 MASKED_LM_PROB = 0.15
 SHORT_SEQ_PROB = 0.1
 DUPE_FACTOR = 5
+WHOLE_WORD_MASK = False
+DO_LOWER_CASE = True
 # The size of a vocabulary learnt from the text (none given).
 VOCAB_SIZE = 8000
 # The seed of train.create_pretraining_data's example generator
@@ -77,3 +80,36 @@ def to_example(values):
             int64_list=tf.train.Int64List(value=values[name]))
     return tf.train.Example(features=tf.train.Features(
         feature={name: feature(name) for name in FEATURES}))
+
+
+def define_example_flags():
+    """The flags of the settings above, with these defaults: the same in
+    train.pretrain and train.create_pretraining_data."""
+    flags.DEFINE_integer(
+        "max_seq_length", MAX_SEQ_LENGTH,
+        "Tokens per example, [CLS] and [SEP]s included; shorter examples are "
+        "padded with 0.")
+    flags.DEFINE_integer(
+        "max_predictions_per_seq", MAX_PREDICTIONS_PER_SEQ,
+        "Most masked-LM predictions per example (the rest are padding with "
+        "weight 0).")
+    flags.DEFINE_float("masked_lm_prob", MASKED_LM_PROB,
+                       "Share of the tokens of an example that are masked.")
+    flags.DEFINE_float(
+        "short_seq_prob", SHORT_SEQ_PROB,
+        "Probability of an example shorter than max_seq_length (so that the "
+        "model also sees short inputs).")
+    flags.DEFINE_integer(
+        "dupe_factor", DUPE_FACTOR,
+        "How many times the text is turned into examples, each time with "
+        "different masks and sentence pairs.")
+    flags.DEFINE_bool(
+        "whole_word_mask", WHOLE_WORD_MASK,
+        "Mask all WordPieces of a word together instead of single pieces.")
+    flags.DEFINE_bool("do_lower_case", DO_LOWER_CASE,
+                      "Lower-case the text (and strip accents) before "
+                      "splitting it into WordPieces.")
+    flags.DEFINE_integer(
+        "vocab_size", VOCAB_SIZE,
+        "Target size of the WordPiece vocabulary learnt when no --vocab_file "
+        "is given (the learnt one can be smaller on small corpora).")
