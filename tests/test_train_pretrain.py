@@ -422,3 +422,13 @@ def test_short_help_lists_the_flags_too():
                  "max_seq_length", "learning_rate"):
         assert re.search(rf"^  --(\[no\])?{name}: \S", result.stdout,
                          re.M), name
+
+
+def test_short_help_of_create_pretraining_data_lists_the_example_flags():
+    """Its example flags are defined in train.data.features."""
+    result = _testing.run(["-m", "train.create_pretraining_data", "--help"],
+                          timeout=60)
+    for name in ("input_file", "max_seq_length", "dupe_factor",
+                 "do_lower_case", "random_seed"):
+        assert re.search(rf"^  --(\[no\])?{name}: \S", result.stdout,
+                         re.M), name

@@ -151,4 +151,6 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     _define_program_flags()
+    # `--help` lists the main module's key flags: the example flags too.
+    flags.adopt_module_key_flags(features)
     app.run(main)

@@ -65,6 +65,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from train import flags as train_flags  # noqa: E402
+from train.data import features  # noqa: E402
 from train.pretrain_lib import run_pretraining  # noqa: E402
 from train.runtime import errors  # noqa: E402
 from train.runtime import run_dir  # noqa: E402
@@ -106,8 +107,10 @@ def main(argv):
 
 
 train_flags.define_flags()
-# `--help` lists the key flags of the main module: these are its flags.
+# `--help` lists the key flags of the main module: these are its flags, the
+# example flags (defined in train.data.features) among them.
 flags.adopt_module_key_flags(train_flags)
+flags.adopt_module_key_flags(features)
 
 if __name__ == "__main__":
     app.run(main)
