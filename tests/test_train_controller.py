@@ -173,15 +173,16 @@ def test_a_stop_request_saves_the_update_reached_and_raises():
 
 
 class FakeLoggedTrainer:
-    def __init__(self, skipped):
+    def __init__(self, skipped, loss_scale=None):
         self.skipped_updates = _Value(0)
         self.skipped = skipped
         self.variables = []
+        self.loss_scale = loss_scale
 
     def read_stats(self):
         return {"mlm_loss": 2.0, "nsp_loss": 0.5, "mlm_accuracy": 0.25,
                 "nsp_accuracy": 0.75, "weight_norms": [], "grad_norms": [],
-                "trust_ratios": []}
+                "trust_ratios": [], "loss_scale": self.loss_scale}
 
     def learning_rate(self, update):
         return 0.001 * update
@@ -227,6 +228,40 @@ def test_log_action_records_and_warns_on_skipped_updates(capsys,
     assert [h["skipped_updates"] for h in log.history] == [1, 3]
     assert log.history[-1]["learning_rate"] == pytest.approx(0.019)
     assert written["skipped_updates"] == 3 and written["loss"] == 2.5
+
+
+def test_a_long_stretch_of_skipped_updates_stops_the_run(capsys,
+                                                         monkeypatch):
+    """Log intervals of 10 updates: one wholly skipped, one with an update
+    applied, then 50 skipped in a row stop the run; the loss scale is in
+    each line, TensorBoard and the message."""
+    written = {}
+    monkeypatch.setattr(actions, "scalar_summary",
+                        lambda name, value: written.__setitem__(name, value))
+    trainer = FakeLoggedTrainer(skipped=0, loss_scale=2.0 ** 15)
+    config = PretrainConfig(log_steps=10, num_train_steps=200)
+    log = actions.LogAction(trainer, config, _NoWriter(), chief=True)
+    log.begin(0, Phase(200, 32, 5, 8))
+    trainer.skipped_updates.value = 10
+    log(10)
+    trainer.skipped_updates.value = 19  # one applied: the stretch restarts
+    log(20)
+    for step in range(30, 70, 10):  # 40 skipped in a row
+        trainer.skipped_updates.value += 10
+        trainer.loss_scale /= 2.0 ** 10
+        log(step)
+    assert written["loss_scale"] == trainer.loss_scale
+    assert log.history[-1]["loss_scale"] == trainer.loss_scale
+    trainer.skipped_updates.value += 10
+    with pytest.raises(errors.DivergenceError) as raised:
+        log(70)
+    assert str(raised.value).startswith(
+        "Every update from 21 to 70 was skipped: the gradients were not "
+        "finite (the loss scale is down to 3.0e-08)")
+    assert actions.SKIPPED_STOP_UPDATES == 50
+    out = capsys.readouterr().out
+    assert re.search(r"^step\s+10/200 .* skipped 10  loss_scale 3.28e\+04 ", out,
+                     re.M), out
 
 
 def test_means_from_sums_against_numpy():

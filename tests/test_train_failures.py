@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tests.support import train_testing as _testing
 from train import PretrainConfig, run_pretraining
+from train.loop import actions
 from train.loop import trainer as trainer_lib
 from train.runtime import errors
 
@@ -70,6 +71,21 @@ def test_updates_with_inf_gradients_are_counted(records, tmp_path, capsys):
     plain = run_pretraining(_config(records, tmp_path / "plain",
                                     num_train_steps=2, log_steps=2))
     assert plain["skipped_updates"] == 0
+
+
+def test_every_update_skipped_for_long_stops_the_run(records, tmp_path,
+                                                    monkeypatch):
+    """The same inf loss scale, with the stretch that stops a run cut from
+    50 updates to 4: it stops at the log line of update 4, not at 10."""
+    monkeypatch.setattr(actions, "SKIPPED_STOP_UPDATES", 4)
+    config = _config(records, tmp_path / "run", num_train_steps=10,
+                     log_steps=2, save_checkpoints_steps=10,
+                     loss_scale_factor=1e39)
+    with pytest.raises(errors.DivergenceError) as raised:
+        run_pretraining(config)
+    assert str(raised.value).startswith(
+        "Every update from 1 to 4 was skipped: the gradients were not "
+        "finite. Lower --learning_rate")
 
 
 def test_divergence_goes_back_to_the_last_checkpoint_then_stops(

@@ -155,15 +155,13 @@ def test_the_trust_ratio_covers_every_variable_by_default():
 
 def test_accumulation_conversions_agree_with_the_optimizer():
     accumulation = schedule_lib.GradientAccumulation(4)
-    assert accumulation.optimizer_argument() == 4
-    assert schedule_lib.GradientAccumulation(1).optimizer_argument() is None
     assert accumulation.micro_batch_size(32) == 8
     schedule = schedule_lib.PretrainingSchedule(1.0, 10, warmup_steps=4,
                                                 accumulation_steps=4)
     for update in range(10):
         for call in range(4):
-            assert float(schedule(accumulation.first_call(update) + call)
-                         ) == pytest.approx(
+            calls = accumulation.first_micro_batch(update) + call
+            assert float(schedule(calls)) == pytest.approx(
                 float(schedule.rate_at_update(update)))
-        assert accumulation.updates(accumulation.first_call(update) + 3) == (
-            update)
+        assert accumulation.updates(
+            accumulation.first_micro_batch(update) + 3) == update

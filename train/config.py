@@ -248,8 +248,6 @@ class PretrainConfig:
             weight_decay=self.weight_decay or None, use_ema=self.use_ema,
             ema_momentum=self.ema_momentum,
             ema_overwrite_frequency=self.ema_overwrite_frequency,
-            gradient_accumulation_steps=(
-                self.accumulation.optimizer_argument()),
             loss_scale_factor=self.loss_scale_factor,
             max_trust_ratio=self.max_trust_ratio,
             bias_correction=self.bias_correction,

@@ -10,11 +10,17 @@ phase)` tells it a phase (or a stretch after a recovery) starts.
 import time
 
 from train.loop.metrics import scalar_summary
+from train.runtime.errors import DivergenceError
 
 # More skipped updates than this share of a log interval's updates draws a
 # warning: dynamic loss scaling skips a few while it finds its scale, a
 # healthy run few afterwards.
 SKIPPED_WARNING_SHARE = 0.1
+# This many updates in a row skipped, with every log interval among them
+# wholly skipped, stops the run: dynamic loss scaling would have halved its
+# scale as often (2**15 -> 2**-35 at 50), so no scale gives finite
+# gradients.
+SKIPPED_STOP_UPDATES = 50
 
 _LOGGED = ("mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy",
            "learning_rate", "examples_per_second", "skipped_updates")
@@ -37,11 +43,13 @@ class LogAction:
         self.writer = writer
         self.chief = chief
         self.history = []
+        self._skipping_since = None
         self.paths = [v.path for v in trainer.variables]
         self.batch_size = None
 
     def begin(self, step, phase):
         self.batch_size = phase.batch_size
+        self._skipping_since = None
         self._restart(step)
 
     def _restart(self, step):
@@ -69,28 +77,55 @@ class LogAction:
         for name in ("mlm_loss", "nsp_loss", "mlm_accuracy",
                      "nsp_accuracy"):
             record[name] = stats[name]
+        if stats["loss_scale"] is not None:
+            record["loss_scale"] = stats["loss_scale"]
         self.history.append(record)
         if self.chief:
             eta = (self.total - step) * elapsed / max(updates, 1)
+            scale = (f"  loss_scale {record['loss_scale']:.3g}"
+                     if "loss_scale" in record else "")
             print(f"step {step:>6}/{self.total}  mlm_loss "
                   f"{record['mlm_loss']:.4f}  nsp_loss "
                   f"{record['nsp_loss']:.4f}  mlm_acc "
                   f"{record['mlm_accuracy']:.4f}  lr "
                   f"{record['learning_rate']:.3e}  examples/s "
                   f"{record['examples_per_second']:.1f}  skipped "
-                  f"{skipped_total}  eta {format_eta(eta)}", flush=True)
+                  f"{skipped_total}{scale}  eta {format_eta(eta)}",
+                  flush=True)
             if updates and skipped > SKIPPED_WARNING_SHARE * updates:
                 print(f"Warning: {skipped} of the {updates} updates up to "
                       f"{step} were skipped (gradients not finite)",
                       flush=True)
         self._write_summaries(step, record, stats)
+        self._stop_if_every_update_is_skipped(step, updates, skipped, record)
         self._restart(step)
+
+    def _stop_if_every_update_is_skipped(self, step, updates, skipped,
+                                         record):
+        """DivergenceError once every update of the last
+        SKIPPED_STOP_UPDATES or more (whole log intervals) was skipped."""
+        if not updates or skipped < updates:
+            self._skipping_since = None
+            return
+        if self._skipping_since is None:
+            self._skipping_since = self._start_step
+        if step - self._skipping_since >= SKIPPED_STOP_UPDATES:
+            scale = (f" (the loss scale is down to "
+                     f"{record['loss_scale']:.1e})"
+                     if "loss_scale" in record else "")
+            raise DivergenceError(
+                f"Every update from {self._skipping_since + 1} to {step} was "
+                f"skipped: the gradients were not finite{scale}. Lower "
+                f"--learning_rate or --loss_scale_factor, or train in "
+                f"float32 or mixed_bfloat16")
 
     def _write_summaries(self, step, record, stats):
         with self.writer.as_default(step=step):
             for name in _LOGGED:
                 scalar_summary(name, record[name])
             scalar_summary("loss", record["mlm_loss"] + record["nsp_loss"])
+            if "loss_scale" in record:
+                scalar_summary("loss_scale", record["loss_scale"])
             for path, weight, grad, ratio in zip(
                     self.paths, stats["weight_norms"], stats["grad_norms"],
                     stats["trust_ratios"]):

@@ -1,5 +1,5 @@
 """The update arithmetic of a pretraining run: its learning-rate schedule,
-and how gradient-accumulation calls map to optimizer updates.
+and how micro-batches (gradient accumulation) map to optimizer updates.
 
 Linear warmup, then polynomial decay to `end_learning_rate` (You et al.,
 2020, Section 4, after Goyal et al. and Devlin et al.).  With a second phase
@@ -15,21 +15,16 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class GradientAccumulation:
-    """How a count of micro-batches relates to optimizer updates.
+    """How micro-batches relate to optimizer updates.
 
-    With `steps` micro-batches per update, the optimizer is called once per
-    micro-batch (`tf_lamb.Lamb` counts calls in `_iterations` and updates in
-    `iterations`), each replica runs `global_batch / (replicas * steps)`
-    examples at a time, and the learning-rate schedule, which Keras feeds the
-    count of calls, turns it back into updates. Every such conversion lives
-    here.
+    With `steps` micro-batches per update, each replica runs
+    `global_batch / (replicas * steps)` examples at a time and adds up its
+    own gradients; the optimizer is called once per update, with their mean
+    (train.loop.trainer). Every conversion between micro-batches and
+    updates lives here.
     """
 
     steps: int = 1
-
-    def optimizer_argument(self):
-        """`gradient_accumulation_steps` for the optimizer (None: off)."""
-        return self.steps if self.steps > 1 else None
 
     def micro_batch_size(self, global_batch_size):
         """Examples of one micro-step over all replicas."""
@@ -39,8 +34,8 @@ class GradientAccumulation:
         """Updates done after `optimizer_calls` calls (int or tensor)."""
         return optimizer_calls // self.steps
 
-    def first_call(self, update):
-        """The optimizer call (0-based) that starts update `update`."""
+    def first_micro_batch(self, update):
+        """The micro-batch (0-based) that starts update `update`."""
         return update * self.steps
 
 
@@ -67,8 +62,10 @@ class PretrainingSchedule(keras.optimizers.schedules.LearningRateSchedule):
         power: Exponent of the decay (1.0: linear, as BERT).
         phase2_steps: Updates of phase 2 (0: no phase 2).
         phase2_learning_rate, phase2_warmup_steps: Phase 2's peak and warmup.
-        accumulation_steps: Optimizer calls per update; the optimizer passes
-            the count of calls, which is divided by this.
+        accumulation_steps: Optimizer calls per update, for an optimizer
+            given `gradient_accumulation_steps` (it passes the count of
+            calls, which is divided by this); 1 for train.pretrain, which
+            calls the optimizer once per update.
     """
 
     def __init__(self, learning_rate, phase1_steps, warmup_steps=0,

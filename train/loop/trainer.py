@@ -6,7 +6,10 @@
 `keras.optimizers.LossScaleOptimizer` for mixed_float16) under the strategy,
 and compiles `train_loop(iterator, updates)`: `updates` optimizer updates in
 one call of one `tf.function`, each update `gradient_accumulation_steps`
-micro-batches taken from the distributed iterator. Many updates per call
+micro-batches taken from the distributed iterator. Each replica adds up
+its micro-batches' gradients itself; the optimizer is called once per
+update with their mean, so the gradients are summed over the replicas once
+per update, not once per micro-batch. Many updates per call
 (`--steps_per_loop`) spare the host round trip between updates that bounds
 throughput on TPUs; the updates themselves are the same whatever the count
 per call, since the data order and every dropout seed depend only on the
@@ -66,8 +69,7 @@ def make_schedule(config, phases):
     return schedule.PretrainingSchedule(
         config.learning_rate, phases[0].steps, config.effective_warmup_steps,
         config.end_learning_rate, config.poly_power, config.phase2_steps,
-        config.phase2_learning_rate, config.phase2_warmup_steps,
-        config.accumulation.steps)
+        config.phase2_learning_rate, config.phase2_warmup_steps)
 
 
 def is_chief(strategy):
@@ -137,6 +139,14 @@ class Trainer:
             self.grad_count = tf.Variable(0.0, name="grad_count", **on_read)
             self._update_sums = tf.Variable(tf.zeros([len(_SIGNALS)]),
                                             name="update_sums", **on_read)
+            # Each replica's own sum of its micro-batches' gradients (a
+            # replica-local copy each, never all-reduced): the replicas sum
+            # their gradients once per update, not once per micro-batch.
+            self._accumulated = [
+                tf.Variable(tf.zeros(v.shape, tf.float32),
+                            name=f"accumulated_gradient_{i}", **on_read)
+                for i, v in enumerate(self.model.trainable_variables)
+            ] if self.accumulation.steps > 1 else []
             self.skipped_updates = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="skipped_updates")
             # What one call of the loop did (_CALL_SIGNALS), read once by
@@ -202,7 +212,10 @@ class Trainer:
                    for g in grads]
         return grads, stats, squares
 
-    def _replica_step(self, features, micro_step):
+    def _micro_step(self, features, micro_step):
+        """Forward and backward of one micro-batch on this replica: records
+        its statistics and signals and returns its gradients (of the loss
+        over the replicas' mean, scaled as the optimizer expects)."""
         context = tf.distribute.get_replica_context()
         # The examples' positions in the data are the trainer's, not the
         # model's: recorded for a resume, then left out of the features.
@@ -217,7 +230,6 @@ class Trainer:
         seed = tf.random.experimental.stateless_fold_in(
             seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
         grads, stats, squares = self._compiled(features, seed)
-        self.optimizer.apply_gradients(zip(grads, self.variables))
         for name in self.STATS:
             self.stats[name].assign_add(stats[name])
         for variable, square in zip(self.grad_sq, squares):
@@ -229,6 +241,45 @@ class Trainer:
             tf.add_n(squares))), tf.float32)
         self._update_sums.assign_add(tf.stack(
             [nonfinite] + [stats[name] for name in _SIGNALS[1:]]))
+        return grads
+
+    def _replica_accumulate(self, features, micro_step, starts_update):
+        """A micro-batch that is not an update's last: its gradients are
+        added to this replica's sums (the update's first overwrites them,
+        so no pass is spent zeroing), with no collective."""
+        grads = self._micro_step(features, micro_step)
+        for total, g in zip(self._accumulated, grads):
+            g = tf.cast(g, tf.float32)
+            total.assign(g if starts_update else total.read_value() + g)
+
+    def _replica_update(self, features, micro_step):
+        """An update's last micro-batch, then the update: the signals are
+        summed over the replicas first, so that an overflow on any replica
+        skips the update on all of them (and lowers the loss scale
+        everywhere); the optimizer then sums the gradients over the
+        replicas, once. Returns the update's signals (_SIGNALS)."""
+        grads = self._micro_step(features, micro_step)
+        if self._accumulated:
+            steps = float(self.accumulation.steps)
+            grads = [tf.cast((total.read_value() + tf.cast(g, tf.float32))
+                             / steps, g.dtype)
+                     for total, g in zip(self._accumulated, grads)]
+        signals = self._take_update_sums()
+        if self.loss_scaling:
+            # The loss-scale optimizer tests this replica's gradients only:
+            # a NaN in the smallest of them makes every replica see the
+            # overflow that one of them had.
+            smallest = min(range(len(grads)),
+                           key=lambda i: grads[i].shape.num_elements())
+            grads[smallest] = grads[smallest] + tf.where(
+                signals[0] > 0, float("nan"), 0.0)
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+        return signals
+
+    def _replica_step(self, features, micro_step):
+        """One micro-step as `--compile_for` compiles it: the update's last
+        (forward, backward, the accumulated sums added, the update)."""
+        return self._replica_update(features, micro_step)
 
     def _take_update_sums(self):
         """The update's signals summed over the replicas, inside the replica
@@ -240,14 +291,20 @@ class Trainer:
 
     def _one_update(self, iterator):
         """One update; its signals stay on the device."""
-        first = self.accumulation.first_call(self.step.read_value())
-        for i in tf.range(self.accumulation.steps, dtype=tf.int64):
-            self.strategy.run(self._replica_step,
-                              args=(next(iterator), first + i))
+        steps = self.accumulation.steps
+        first = self.accumulation.first_micro_batch(self.step.read_value())
+        if steps > 1:
+            self.strategy.run(self._replica_accumulate,
+                              args=(next(iterator), first, True))
+            for i in tf.range(1, steps - 1, dtype=tf.int64):
+                self.strategy.run(self._replica_accumulate,
+                                  args=(next(iterator), first + i, False))
+        results = self.strategy.run(
+            self._replica_update,
+            args=(next(iterator), first + (steps - 1)))
         self.step.assign_add(1)
         # Every replica holds the same sums: the first one's are taken.
-        signals = self.strategy.experimental_local_results(
-            self.strategy.run(self._take_update_sums))[0]
+        signals = self.strategy.experimental_local_results(results)[0]
         nonfinite, mlm_sum, mlm_weight, nsp_sum, nsp_count = tf.unstack(
             signals)
         self.skipped_updates.assign_add(tf.cast(nonfinite > 0, tf.int64))
@@ -327,15 +384,18 @@ class Trainer:
     def _stats_vector(self):
         """Every statistic of a log line in one float32 vector (so that the
         host reads them in one transfer): the sums of STATS, the
-        micro-batch count, then per variable ||w||, the summed squared
-        gradient norms and LAMB's trust ratios (absent for another
-        optimizer)."""
+        micro-batch count, the loss scale (mixed_float16 only), then per
+        variable ||w||, the summed squared gradient norms and LAMB's trust
+        ratios (absent for another optimizer)."""
         parts = [tf.stack([tf.convert_to_tensor(self.stats[name])
                            for name in self.STATS]),
-                 tf.reshape(tf.convert_to_tensor(self.grad_count), [1]),
-                 tf.stack([tf.norm(tf.cast(v.value, tf.float32))
-                           for v in self.variables]),
-                 tf.stack([tf.convert_to_tensor(g) for g in self.grad_sq])]
+                 tf.reshape(tf.convert_to_tensor(self.grad_count), [1])]
+        if self.loss_scaling:
+            parts.append(tf.reshape(tf.cast(tf.convert_to_tensor(
+                self.optimizer.dynamic_scale), tf.float32), [1]))
+        parts += [tf.stack([tf.norm(tf.cast(v.value, tf.float32))
+                            for v in self.variables]),
+                  tf.stack([tf.convert_to_tensor(g) for g in self.grad_sq])]
         if isinstance(self.inner_optimizer, Lamb):
             parts.append(tf.cast(tf.convert_to_tensor(
                 self.inner_optimizer.trust_ratios), tf.float32))
@@ -348,6 +408,9 @@ class Trainer:
             vector = self._read_stats_vector().numpy().tolist()
         stats, vector = vector[:len(self.STATS)], vector[len(self.STATS):]
         count, vector = max(vector[0], 1.0), vector[1:]
+        loss_scale = None
+        if self.loss_scaling:
+            loss_scale, vector = vector[0], vector[1:]
         n = len(self.variables)
         w_norms, grad_sq, ratios = vector[:n], vector[n:2 * n], vector[2 * n:]
         means = metrics.means_from_sums(dict(zip(self.STATS, stats)))
@@ -362,6 +425,8 @@ class Trainer:
             # LAMB's own phi = ||w|| / ||r|| of the last update (none for
             # another optimizer).
             "trust_ratios": ratios or [None] * n,
+            # The dynamic loss scale now (None without loss scaling).
+            "loss_scale": loss_scale,
         }
 
     def learning_rate(self, update):
@@ -404,8 +469,8 @@ class Trainer:
         # The recorded positions belong to another stream (or none is
         # recorded): none is kept until this stream's first update.
         state.forget(layout)
-        skip = (self.accumulation.first_call(updates_done) * self.replicas
-                // pipelines)
+        skip = (self.accumulation.first_micro_batch(updates_done)
+                * self.replicas // pipelines)
         if skip:
             print(f"Warning: the checkpoint holds no data position for "
                   f"this run's input layout (written by an older version, "
