@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import optimizer_step, startup, train_step
+from benchmarks import loopback_bytes, optimizer_step, startup, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,3 +153,29 @@ def test_resume_benchmark_in_process(tmp_path):
         assert _positive(row["seconds"]) and _positive(row["ratio_to_first"])
     assert result["rows"][0]["ratio_to_first"] == 1.0
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+
+
+def test_loopback_bytes_counts_what_crosses_127_0_0_1():
+    """The counter benchmarks.loopback_bytes reads grows by at least what
+    a socket pair on 127.0.0.1 exchanges."""
+    import socket
+    import threading
+    payload = b"x" * (4 << 20)
+    received = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def receive():
+        peer, _ = server.accept()
+        with peer:
+            while chunk := peer.recv(1 << 16):
+                received.append(len(chunk))
+
+    before = loopback_bytes.loopback_bytes()
+    with server:
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        with socket.create_connection(server.getsockname()) as client:
+            client.sendall(payload)
+        receiver.join(timeout=60)
+    assert sum(received) == len(payload)
+    assert loopback_bytes.loopback_bytes() - before >= len(payload)
