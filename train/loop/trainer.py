@@ -276,11 +276,6 @@ class Trainer:
         self.optimizer.apply_gradients(zip(grads, self.variables))
         return signals
 
-    def _replica_step(self, features, micro_step):
-        """One micro-step as `--compile_for` compiles it: the update's last
-        (forward, backward, the accumulated sums added, the update)."""
-        return self._replica_update(features, micro_step)
-
     def _take_update_sums(self):
         """The update's signals summed over the replicas, inside the replica
         program (on a TPU, part of the TPU's own program)."""

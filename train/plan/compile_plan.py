@@ -205,10 +205,10 @@ class StepExporter:
         finally:
             keras.mixed_precision.set_global_policy(previous)
         trainer = self.trainer
-        # One micro-step: forward, backward, and the optimizer's call (which
-        # accumulates, or applies the update on the cycle's last call).
+        # An update's last micro-step: forward, backward, the accumulated
+        # sums added (with accumulation) and the optimizer's update.
         self._step = tf.function(
-            lambda features: trainer._replica_step(
+            lambda features: trainer._replica_update(
                 features, tf.constant(0, tf.int64)),
             jit_compile=True, autograph=False)
 
