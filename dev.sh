@@ -52,8 +52,10 @@ case "$cmd" in
     # Two processes (pytest-xdist), each test file whole in one of them so
     # that a file's shared runs (module fixtures) are made once: a lone
     # TensorFlow process leaves a core idle while it imports, traces and
-    # waits on its subprocesses. TEST_WORKERS=0 runs in this process.
+    # waits on its subprocesses. Files go out longest first
+    # (tests/conftest.py), not largest first. TEST_WORKERS=0 runs in this
+    # process.
     exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile \
-      "$@" ;;
+      --no-loadscope-reorder "$@" ;;
   *) echo "usage: $0 {demo|test|setup} [args...]" >&2; exit 2 ;;
 esac

@@ -191,20 +191,17 @@ def test_tiny_step_compiles_for_tpu_v5e_and_nothing_is_written(tmp_path):
     completed = _run_pretrain("--compile_for=tpu-v5e", "--model_size=tiny",
                               "--vocab_size=1000", "--train_batch_size=8",
                               "--mixed_precision=mixed_bfloat16",
-                              # Two compiles (batch 8, then 16): the search
-                              # itself is tested above against a fake
-                              # compiler; each compile for the v5e takes a
-                              # minute here.
-                              "--compile_for_max_compiles=2",
+                              # One compile: each takes a minute here (two
+                              # to four under the suite's load). The search
+                              # over batch sizes is tested above against a
+                              # fake compiler.
+                              "--compile_for_max_compiles=1",
                               f"--model_dir={model_dir}")
     assert completed.returncode == 0, completed.stderr[-4000:]
     out = completed.stdout
     assert "compiled: yes" in out, out
     assert "of the chip's 16.00 GiB: fits" in out
-    # A tiny BERT at batch 8 fits many times over: the search doubles.
-    assert "largest per-chip batch that fits: " in out
-    largest = int(out.split("largest per-chip batch that fits: ")[1]
-                  .split()[0])
-    assert largest > 8
+    # Out of compiles, the search reports the batch it compiled.
+    assert "largest per-chip batch that fits: 8 (compiled at 8:" in out
     assert "examples/s per chip" in out and "not a measurement" in out
     assert not model_dir.exists()

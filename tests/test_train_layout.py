@@ -109,3 +109,14 @@ def test_the_checker_sees_lazy_and_wrong_way_imports(tmp_path):
                     "    import train.flags\n")
     assert _imports(str(path)) == {"train.loop", "train.loop.trainer",
                                    "train.flags"}
+
+
+def test_the_longest_test_files_named_for_scheduling_exist():
+    """tests/conftest.py starts these files first; a renamed file would
+    silently go back to its alphabetical turn."""
+    from tests.conftest import LONGEST_FILES
+    here = os.path.dirname(os.path.abspath(__file__))
+    missing = [name for name in LONGEST_FILES
+               if not os.path.isfile(os.path.join(here, name))]
+    assert not missing
+    assert len(set(LONGEST_FILES)) == len(LONGEST_FILES)
