@@ -103,6 +103,9 @@ class PretrainConfig:
     short_seq_prob: float = features.SHORT_SEQ_PROB
     dupe_factor: int = features.DUPE_FACTOR
     whole_word_mask: bool = features.WHOLE_WORD_MASK
+    # Masks drawn in tf.data at each read (train.data.masking), not the
+    # records' own.
+    dynamic_masking: bool = False
     do_lower_case: bool = features.DO_LOWER_CASE
     vocab_size: int = features.VOCAB_SIZE
     shuffle_buffer: int = 10000
@@ -287,6 +290,10 @@ def _check_choices(c):
     if len(sources) > 1:
         raise InputError(f"Give at most one of --train_files, --input_file "
                          f"and --tfds_name (got {', '.join(sources)})")
+    if c.dynamic_masking and c.train_files and not c.vocab_file:
+        raise InputError("--dynamic_masking with --train_files needs "
+                         "--vocab_file, the vocabulary the records were "
+                         "made with (to know [MASK] and whole words)")
     if c.bert_config_file and c.model_size is not None:
         raise InputError("--model_size and --bert_config_file contradict "
                          "each other; give one")

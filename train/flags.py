@@ -148,6 +148,13 @@ def _define_data_flags():
                         "--train_files unless --bert_config_file gives the "
                         "size.")
     features.define_example_flags()
+    flags.DEFINE_bool("dynamic_masking", _default("dynamic_masking"),
+                      "Draw the masked-LM masks afresh each time an example "
+                      "is read (RoBERTa's dynamic masking), by "
+                      "--masked_lm_prob and --whole_word_mask, from --seed "
+                      "and the example's place in the stream; the masks in "
+                      "the records are undone first. Evaluation keeps the "
+                      "held-out records' own masks.")
     flags.DEFINE_integer("shuffle_buffer", _default("shuffle_buffer"),
                          "Examples in the tf.data shuffle buffer.")
 

@@ -27,6 +27,7 @@ import os
 import keras
 import tensorflow as tf
 
+from train.data import masking
 from train.data import record_checks
 from train.data import sources
 from train.data import tokenization
@@ -194,6 +195,17 @@ def _prepare_data(config, checked, work_dir):
             config.model_size_name, len(tokenization.read_vocab(vocab_file)))
         choice.check_model_dir(config, bert_config)
     return phases, vocab_file, bert_config, heldout
+
+
+def _masking_rule(config, vocab_file):
+    """The rule of --dynamic_masking's masks (None without it), from the
+    run's vocabulary."""
+    if not config.dynamic_masking:
+        return None
+    # With --train_files, PretrainConfig requires --vocab_file; with text
+    # the vocabulary is the run's own.
+    return masking.MaskingRule.from_vocab_file(
+        vocab_file, config.masked_lm_prob, config.whole_word_mask)
 
 
 def _write_run_files(config, phases, bert_config, vocab_file, record_files):
@@ -430,8 +442,9 @@ def run_pretraining(config, strategy=None, record_files=None,
         phases, vocab_file, bert_config, heldout = _prepare_data(
             config, checked, work_dir)
         keras.mixed_precision.set_global_policy(config.mixed_precision)
-        trainer = trainer_lib.Trainer(config, strategy, bert_config, phases,
-                                      optimizer_fn)
+        trainer = trainer_lib.Trainer(
+            config, strategy, bert_config, phases, optimizer_fn,
+            masking_rule=_masking_rule(config, vocab_file))
         saved = checkpoints.RunCheckpoints(
             trainer, config.model_dir if chief
             else os.path.join(work_dir, "checkpoints"),

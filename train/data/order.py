@@ -39,7 +39,7 @@ MAX_CYCLE = 8
 _NO_END = 2 ** 62
 # Stateless draws name their algorithm: "auto_select" may pick a
 # different one on another device, which would change the order.
-_ALG = "philox"
+ALGORITHM = "philox"
 # What a layout vector holds (see `layout`).
 LAYOUT_FIELDS = ("order_version", "phase", "seed", "pipelines", "replicas",
                  "replica_batch", "files", "window")
@@ -55,12 +55,12 @@ def pipeline_files(files, pipelines, pipeline):
     return files, max(1, pipelines)
 
 
-def _key(seed, *data):
+def stateless_key(seed, *data):
     """A stateless seed from the run's seed and the indices given."""
     key = tf.stack([tf.constant(seed, tf.int64), tf.constant(0, tf.int64)])
     for value in data:
         key = tf.random.experimental.stateless_fold_in(
-            key, tf.cast(value, tf.int64), alg=_ALG)
+            key, tf.cast(value, tf.int64), alg=ALGORITHM)
     return key
 
 
@@ -69,7 +69,7 @@ def permutation(size, key):
     order of 64-bit random draws (ties, nearly impossible, kept in index
     order by the stable sort)."""
     draws = tf.random.stateless_uniform(
-        [size], key, minval=None, maxval=None, dtype=tf.int64, alg=_ALG)
+        [size], key, minval=None, maxval=None, dtype=tf.int64, alg=ALGORITHM)
     return tf.argsort(draws, stable=True)
 
 
@@ -86,7 +86,7 @@ def block_files(files, block, seed):
     groups = groups_per_epoch(count)
     epoch, group = block // groups, block % groups
     # 1: the purpose "files of an epoch" (windows use 2).
-    order = permutation(count, _key(seed, 1, epoch))
+    order = permutation(count, stateless_key(seed, 1, epoch))
     chosen = order[group * cycle:tf.minimum((group + 1) * cycle, count)]
     return tf.gather(tf.constant(files), chosen)
 
@@ -126,7 +126,7 @@ def _block(files, block, start, seed, window, shards, shard, pipeline,
     def permute(index, batch):
         size = tf.shape(batch, out_type=tf.int64)[0]
         # 2: the purpose "records of a window".
-        order = permutation(size, _key(seed, 2, block, index))
+        order = permutation(size, stateless_key(seed, 2, block, index))
         # The first window starts at `start`: the records before it are
         # cut here, at once, rather than one element at a time.
         begin = tf.where(index == first_window, start % window, 0)

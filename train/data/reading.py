@@ -35,7 +35,7 @@ def matching_files(patterns, kind):
 
 def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
                seed, batches_to_skip=0, shuffle_buffer=10000,
-               start_positions=None):
+               start_positions=None, draw_masks=None):
     """A function for `strategy.distribute_datasets_from_function`.
 
     `global_batch_size` is the batch of one micro-step over all replicas.
@@ -44,7 +44,8 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
     under `order.POSITION_KEY`. `start_positions`, per input
     pipeline, is the (block, index) its stream starts at (a resume
     without replay); else `batches_to_skip` per-replica batches per input
-    pipeline are read and dropped (before parsing).
+    pipeline are read and dropped (before parsing). `draw_masks(features,
+    tags)`, if given, replaces each batch's masks (train.data.masking).
     """
     files = list(files)
 
@@ -63,6 +64,8 @@ def dataset_fn(files, global_batch_size, max_seq_length, max_predictions,
 
         def parse(records, tags):
             features = parse_batch(records, max_seq_length, max_predictions)
+            if draw_masks is not None:
+                features = draw_masks(features, tags)
             features[order.POSITION_KEY] = tags
             return features
 

@@ -31,12 +31,14 @@ at the end of the call, and stop there, at the same update.
 """
 
 import dataclasses
+import functools
 import math
 
 import keras
 import tensorflow as tf
 
 from tf_lamb import Lamb
+from train.data import masking
 from train.data import order
 from train.data import reading
 from train.loop import metrics
@@ -101,8 +103,11 @@ class Trainer:
     STATS = metrics.SUM_NAMES
 
     def __init__(self, config, strategy, bert_config, phases,
-                 optimizer_fn=None):
+                 optimizer_fn=None, masking_rule=None):
         self.strategy = strategy
+        # With a train.data.masking.MaskingRule, the training data's masks
+        # are drawn afresh at each read (--dynamic_masking).
+        self.masking_rule = masking_rule
         self.config = config
         self.bert_config = bert_config
         self.phases = list(phases)
@@ -443,11 +448,16 @@ class Trainer:
             micro_batch // self.replicas, len(phase.files),
             self.config.shuffle_buffer)
         starts, skip = self._resume_points(layout, pipelines, updates_done)
+        draw_masks = None
+        if self.masking_rule is not None:
+            draw_masks = functools.partial(
+                masking.mask_batch, seed=seed, rule=self.masking_rule,
+                max_predictions=phase.predictions)
         fn = reading.dataset_fn(
             phase.files, micro_batch, phase.seq_length, phase.predictions,
             seed=seed, batches_to_skip=skip,
             shuffle_buffer=self.config.shuffle_buffer,
-            start_positions=starts)
+            start_positions=starts, draw_masks=draw_masks)
         return iter(self.strategy.distribute_datasets_from_function(fn))
 
     def _resume_points(self, layout, pipelines, updates_done):
