@@ -100,7 +100,7 @@ def test_examples_and_evaluation_points_across_phases_of_two_batch_sizes():
                                                                phases)]
     assert due == [2, 3, 5]
     assert [controller.next_evaluation(s, config, phases)
-            for s in range(5)] == [2, 3, 5, 5, 5]
+            for s in range(5)] == [2, 2, 3, 5, 5]
     assert controller.next_stop(0, 3, config, phases) == 2
 
 
@@ -150,12 +150,14 @@ def test_evaluates_every_n_examples_and_keeps_the_best_checkpoint_apart(
 def test_stops_at_the_first_evaluation_that_reaches_the_target(setup,
                                                                capsys):
     logged = _logged_evaluations(setup["full"])
-    # A target the run reaches, not necessarily at its first evaluation.
-    goal = max(logged.values())
+    # A target the run reaches (TensorBoard keeps float32: a hair below
+    # its best), not necessarily at its first evaluation.
+    goal = max(logged.values()) - 1e-6
     model_dir = setup["root"] / "stop"
+    log = setup["root"] / "stop.log" if setup["log"] else None
     result = run_pretraining(PretrainConfig(
         model_dir=str(model_dir), stop_at_mlm_accuracy=goal,
-        **setup["common"]))
+        mlperf_log=str(log) if log else None, **setup["common"]))
     history = _logged_evaluations(model_dir)
     first = min(s for s, accuracy in history.items() if accuracy >= goal)
     assert result["step"] == first
@@ -166,6 +168,14 @@ def test_stops_at_the_first_evaluation_that_reaches_the_target(setup,
         f"ckpt-{first}")
     with open(model_dir / "target_reached.json") as fh:
         assert json.load(fh)["step"] == first
+    if log:
+        events = _mlperf_events(log)
+        assert [e["metadata"]["epoch_num"] for e in events
+                if e["key"] == "eval_accuracy"][-1] == first * 8
+        assert [e["metadata"]["status"] for e in events
+                if e["key"] == "run_stop"] == ["success"]
+        checked = _check_log(log, setup["root"])
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # The same command again trains no further; a higher target goes on.
     again = run_pretraining(PretrainConfig(
@@ -226,3 +236,16 @@ def test_mlperf_log_passes_the_compliance_checker(setup, tmp_path):
                           for step in sorted(logged)]
     stop = [e for e in events if e["key"] == "run_stop"]
     assert stop[0]["metadata"]["status"] == "aborted"  # no target given
+
+
+def test_mlperf_log_without_its_extra_names_it_before_writing(
+        setup, tmp_path, monkeypatch):
+    # None in sys.modules makes `import mlperf_logging` fail, installed or
+    # not.
+    monkeypatch.setitem(__import__("sys").modules, "mlperf_logging", None)
+    model_dir = tmp_path / "run"
+    with pytest.raises(InputError, match=r"\.\[mlperf\]"):
+        run_pretraining(PretrainConfig(
+            model_dir=str(model_dir), mlperf_log=str(tmp_path / "x.log"),
+            **setup["common"]))
+    assert not model_dir.exists() and not (tmp_path / "x.log").exists()

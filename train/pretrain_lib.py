@@ -441,7 +441,8 @@ def run_pretraining(config, strategy=None, record_files=None,
     `config.mode` says what: `train` (the default), `eval` (evaluate the
     newest checkpoint in `model_dir`, else `init_checkpoint`, on
     `eval_files`), or `train_and_eval` (evaluate every `eval_every_steps`
-    updates and at the end).
+    updates or `eval_every_examples` examples and at the end, keep the
+    best checkpoint, stop at `stop_at_mlm_accuracy`).
 
     Args:
         config: A `train.PretrainConfig`.
@@ -460,7 +461,11 @@ def run_pretraining(config, strategy=None, record_files=None,
         updates of this call, `skipped_updates` (updates whose gradients
         were not finite, over the whole run), `history` (one such dict per
         logging interval), `eval` (the newest evaluation's metrics, as in
-        eval_results.txt, or None), `start_step`, `export_dir`,
+        eval_results.txt, or None), `evaluations` (the metrics of every
+        evaluation of this call, with the `seq_length` read and whether
+        it became the `best`), `target` (the record of the evaluation
+        that reached --stop_at_mlm_accuracy, or None), `start_step`,
+        `export_dir`,
         `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
         for its model and optimizer).
 
