@@ -19,7 +19,7 @@ setup() {
   fi
   local stamp="$VENV/.tf_lamb-installed"
   local want
-  local extras=tensorflow,train,test,hlo,study
+  local extras=tensorflow,train,test,hlo,study,mlperf
   want=$( (cat setup.cfg pyproject.toml; echo "$extras hub keras-hub") | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # pip's download cache (~/.cache/pip) makes reinstalls fast; nothing

@@ -159,6 +159,15 @@ class PretrainConfig:
     eval_batch_size: int = 32
     max_eval_steps: Optional[int] = None
     eval_every_steps: Optional[int] = None
+    # MLPerf's cadence: after the update whose training examples reach
+    # each multiple of this (not with eval_every_steps).
+    eval_every_examples: Optional[int] = None
+    # Held-out records of phase 2's lengths, evaluated during phase 2.
+    phase2_eval_files: Tuple[str, ...] = ()
+    # End the run at the first periodic evaluation that reaches this.
+    stop_at_mlm_accuracy: Optional[float] = None
+    # A file for mlperf_logging.mllog's events (the `mlperf` extra).
+    mlperf_log: Optional[str] = None
     # -- output
     model_dir: str = "runs/pretrain"
     save_checkpoints_steps: int = 100
@@ -172,7 +181,8 @@ class PretrainConfig:
 
     def __post_init__(self):
         for name in ("train_files", "phase2_train_files", "input_file",
-                     "eval_files", "exclude_from_weight_decay"):
+                     "eval_files", "phase2_eval_files",
+                     "exclude_from_weight_decay"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
         if self.exclude_from_layer_adaptation is not None:
             object.__setattr__(self, "exclude_from_layer_adaptation",
@@ -225,6 +235,17 @@ class PretrainConfig:
     @property
     def evaluates(self):
         return self.mode in ("eval", "train_and_eval")
+
+    @property
+    def evaluates_periodically(self):
+        return self.mode == "train_and_eval" and bool(
+            self.eval_every_steps or self.eval_every_examples)
+
+    @property
+    def evaluates_heldout(self):
+        """train_and_eval without --eval_files: the held-out examples the
+        run makes from its text are its evaluation set."""
+        return self.mode == "train_and_eval" and not self.eval_files
 
     def phases(self):
         """The phases of training, without files yet."""
@@ -351,7 +372,7 @@ def _check_counts(c):
     if c.recovery_max_trials < 0:
         raise InputError(f"--recovery_max_trials must be >= 0, got "
                          f"{c.recovery_max_trials}")
-    for name in ("max_eval_steps", "eval_every_steps",
+    for name in ("max_eval_steps", "eval_every_steps", "eval_every_examples",
                  "phase2_train_batch_size"):
         value = getattr(c, name)
         if value is not None and value < 1:
@@ -455,13 +476,39 @@ def _check_outputs_and_mode(c):
     """The export path, and what each --mode reads."""
     if c.export_path and paths.same(c.export_path, c.model_dir):
         raise InputError("--export_dir must differ from --model_dir")
-    if c.evaluates and not c.eval_files:
-        raise InputError(f"--mode={c.mode} needs --eval_files")
-    if c.eval_every_steps is not None and c.mode != "train_and_eval":
-        raise InputError("--eval_every_steps needs --mode=train_and_eval")
+    if c.mode == "eval" and not c.eval_files:
+        raise InputError("--mode=eval needs --eval_files")
+    if c.evaluates_heldout and (c.train_files or not c.heldout_share):
+        raise InputError(
+            "--mode=train_and_eval needs --eval_files, or examples made "
+            "from text (not --train_files) with --heldout_share > 0, whose "
+            "held-out examples it then evaluates")
     if c.mode == "eval":
         for name in ("train_files", "phase2_train_files", "input_file",
                      "tfds_name"):
             if getattr(c, name):
                 raise InputError(f"--{name} is training data; --mode=eval "
                                  f"reads only --eval_files")
+    _check_periodic_evaluation(c)
+
+
+def _check_periodic_evaluation(c):
+    """When evaluations run during training, and what they lead to."""
+    for name in ("eval_every_steps", "eval_every_examples",
+                 "stop_at_mlm_accuracy", "mlperf_log"):
+        if getattr(c, name) is not None and c.mode != "train_and_eval":
+            raise InputError(f"--{name} needs --mode=train_and_eval")
+    if c.eval_every_steps and c.eval_every_examples:
+        raise InputError("Give one of --eval_every_steps and "
+                         "--eval_every_examples")
+    if c.phase2_eval_files and not (c.phase2_steps and c.eval_files):
+        raise InputError("--phase2_eval_files needs --phase2_steps > 0 and "
+                         "--eval_files")
+    if c.stop_at_mlm_accuracy is not None and not (
+            0 < c.stop_at_mlm_accuracy <= 1):
+        raise InputError(f"--stop_at_mlm_accuracy must be in (0, 1], got "
+                         f"{c.stop_at_mlm_accuracy}")
+    for name in ("stop_at_mlm_accuracy", "mlperf_log"):
+        if getattr(c, name) is not None and not c.evaluates_periodically:
+            raise InputError(f"--{name} needs evaluations during training: "
+                             f"--eval_every_steps or --eval_every_examples")

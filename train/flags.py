@@ -310,7 +310,10 @@ def _define_evaluation_flags():
                       "train; eval (evaluate the newest checkpoint in "
                       "--model_dir, else --init_checkpoint, on "
                       "--eval_files); or train_and_eval (evaluate every "
-                      "--eval_every_steps updates and at the end).")
+                      "--eval_every_steps updates or --eval_every_examples "
+                      "examples and at the end, keeping the best checkpoint "
+                      "in <model_dir>/best; without --eval_files, the "
+                      "held-out examples the run makes from its text).")
     flags.DEFINE_list("eval_files", _default("eval_files"),
                       "Comma-separated globs of TFRecord files of held-out "
                       "examples (Google BERT format) with --max_seq_length "
@@ -324,6 +327,31 @@ def _define_evaluation_flags():
     flags.DEFINE_integer("eval_every_steps", _default("eval_every_steps"),
                          "With --mode=train_and_eval: evaluate every this "
                          "many updates (and at the end).")
+    flags.DEFINE_integer("eval_every_examples",
+                         _default("eval_every_examples"),
+                         "With --mode=train_and_eval: evaluate after the "
+                         "update whose training examples reach each "
+                         "multiple of this (MLPerf's cadence; each phase's "
+                         "updates at its own batch size), and at the end. "
+                         "Not with --eval_every_steps.")
+    flags.DEFINE_list("phase2_eval_files", _default("phase2_eval_files"),
+                      "Like --eval_files, with --phase2_max_seq_length "
+                      "tokens: the evaluations of phase 2 read these "
+                      "(without it, phase 2 evaluates --eval_files).")
+    flags.DEFINE_float("stop_at_mlm_accuracy",
+                       _default("stop_at_mlm_accuracy"),
+                       "End the run at the first evaluation during "
+                       "training whose held-out MLM accuracy reaches this "
+                       "(MLPerf BERT: 0.720), with a checkpoint of that "
+                       "update (exit status 0). A resumed run whose "
+                       "model_dir reached it trains no further.")
+    flags.DEFINE_string("mlperf_log", _default("mlperf_log"),
+                        "Write MLPerf Training's log of the run "
+                        "(mlperf_logging.mllog events: BERT's "
+                        "hyperparameters, init, run, blocks, eval_accuracy "
+                        "with the examples trained on as epoch_num) to "
+                        "this file, for the compliance checker. Needs the "
+                        "mlperf extra (pip install -e '.[mlperf]').")
 
 
 def _define_output_flags():

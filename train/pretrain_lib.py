@@ -36,6 +36,9 @@ from train.interop import init_checkpoints
 from train.loop import actions
 from train.loop import checkpoints
 from train.loop import evaluation
+from train.loop import mlperf_log
+from train.loop import periodic_eval
+from train.loop import target
 from train.loop import schedule
 from train.loop import trainer as trainer_lib
 from train.loop.controller import Controller
@@ -69,6 +72,7 @@ class _Checked:
     bert_config: object  # bert.BertConfig, or None until a vocabulary
     source: object  # sources.TextSource, or None with --train_files
     eval_files: tuple
+    phase2_eval_files: tuple
     latest: object  # the newest checkpoint in --model_dir, or None
     # The schedule the checkpoint was trained with (get_config()), or None.
     saved_schedule: object = None
@@ -109,7 +113,7 @@ def _check(config, strategy):
     bert_config, _ = choice.resolve_model(config, phases, saved)
     if bert_config is None and config.mode == "eval" and saved:
         bert_config = saved.bert_config
-    if config.evaluates and bert_config is None:
+    if config.eval_files and bert_config is None:
         raise InputError(
             "--eval_files needs the model's vocabulary: --vocab_file or "
             "--bert_config_file" + (", or a --model_dir with a checkpoint "
@@ -125,20 +129,33 @@ def _check(config, strategy):
         source = sources.find_source(config)
         if source is None:
             phases = sources.train_files(config, phases, bert_config)
-    eval_files = ()
-    if config.evaluates:
-        try:
-            eval_files = record_checks.check_files(
-                config.eval_files, config.max_seq_length,
-                config.max_predictions_per_seq, bert_config.vocab_size)
-        except ValueError as error:
-            raise InputError(f"--eval_files: {error}") from None
+    eval_files, phase2_eval_files = _check_eval_files(config, phases,
+                                                      bert_config)
     choice.check_model_dir(config, bert_config)
     _check_init_checkpoint(config, bert_config, resuming=bool(latest))
+    if config.mlperf_log:
+        mlperf_log.import_mllog()  # its extra is missing: say so first
     return _Checked(phases=phases, bert_config=bert_config, source=source,
-                    eval_files=eval_files, latest=latest,
+                    eval_files=eval_files, phase2_eval_files=phase2_eval_files,
+                    latest=latest,
                     saved_schedule=_saved_schedule(config.model_dir)
                     if latest else None)
+
+
+def _check_eval_files(config, phases, bert_config):
+    """The checked --eval_files and --phase2_eval_files, each at its
+    phase's lengths."""
+    checked = []
+    for flag, patterns, phase in (
+            ("--eval_files", config.eval_files, phases[0]),
+            ("--phase2_eval_files", config.phase2_eval_files, phases[-1])):
+        try:
+            checked.append(record_checks.check_files(
+                patterns, phase.seq_length, phase.predictions,
+                bert_config.vocab_size) if patterns else ())
+        except ValueError as error:
+            raise InputError(f"{flag}: {error}") from None
+    return checked
 
 
 def _saved_schedule(model_dir):
@@ -266,25 +283,30 @@ def _restore_or_initialise(config, trainer, saved):
     return int(trainer.step.numpy())
 
 
-def _evaluation(config, checked, trainer, chief):
-    """evaluate(step) -> metrics, writing eval_results.txt on the chief;
-    None when the mode does not evaluate."""
+def _evaluation(config, checked, trainer, phases, heldout, work_dir,
+                mlperf):
+    """The run's periodic_eval.RunEvaluation, or None when the mode does not
+    evaluate; during training it keeps the best checkpoint in
+    <work_dir>/best (the chief's work_dir is model_dir)."""
     if not config.evaluates:
         return None
-    evaluator = evaluation.Evaluator(
-        trainer.model, trainer.strategy, checked.eval_files,
-        config.eval_batch_size, config.max_seq_length,
-        config.max_predictions_per_seq, max_steps=config.max_eval_steps,
-        jit_compile=config.jit_compile)
-
-    def evaluate(step):
-        with _reading(checked.eval_files, config.max_seq_length,
-                      config.max_predictions_per_seq):
-            metrics = evaluator.evaluate(step)
-        if chief:
-            evaluation.write_eval_results(config.model_dir, metrics)
-        return metrics
-    return evaluate
+    sets = periodic_eval.eval_sets(config, phases, checked.eval_files,
+                                   checked.phase2_eval_files, heldout)
+    if not all(sets):
+        raise InputError(
+            "--mode=train_and_eval without --eval_files evaluates the "
+            "run's held-out examples, and it has none: raise "
+            "--heldout_share or give --eval_files")
+    best = None
+    if config.mode == "train_and_eval":
+        best = checkpoints.BestCheckpoint(
+            trainer, run_dir.path(work_dir, run_dir.BEST),
+            run_dir.BEST_RECORD)
+    return periodic_eval.RunEvaluation(
+        config, trainer, phases, sets,
+        lambda files, phase: _reading(files, phase.seq_length,
+                                      phase.predictions),
+        best, mlperf, trainer_lib.is_chief(trainer.strategy))
 
 
 def _print_start(config, trainer, start_step):
@@ -330,31 +352,73 @@ def _result(step, history, examples_per_second, eval_metrics, export_dir,
 
 
 def _controller(config, trainer, phases, saved, guard, evaluate, chief):
-    """The controller and its log action (for the history)."""
+    """The controller, its log action (for the history) and its
+    evaluation action (None without evaluations during training)."""
     writer = (tf.summary.create_file_writer(
         os.path.join(config.model_dir, "train")) if chief
         else tf.summary.create_noop_writer())
     log = actions.LogAction(trainer, config, writer, chief)
     due = [log, actions.CheckpointAction(saved, config)]
-    if evaluate and config.eval_every_steps:
-        due.append(actions.EvalAction(evaluate, config, log))
+    periodic = None
+    if evaluate and config.evaluates_periodically:
+        periodic = actions.EvalAction(evaluate, config, log, phases, saved)
+        due.append(periodic)
     return Controller(
         trainer, config, phases, due, saved, guard,
         lambda phase: _reading(phase.files, phase.seq_length,
-                               phase.predictions)), log
+                               phase.predictions)), log, periodic
 
 
 def _train(config, trainer, phases, saved, evaluate, chief, start_step):
     """Trains from `start_step` to the end of the schedule (the controller,
-    under the divergence guard); returns the step reached, the log's
-    history and the examples per second of this call."""
+    under the divergence guard), or to the evaluation that reached
+    --stop_at_mlm_accuracy; returns the step reached, the log's history,
+    the examples per second of this call and the EvalAction (None without
+    evaluations during training)."""
     _print_start(config, trainer, start_step)
     with checkpoints.DivergenceGuard(trainer, saved, config) as guard:
-        controller, log = _controller(config, trainer, phases, saved,
-                                      guard, evaluate, chief)
+        controller, log, periodic = _controller(
+            config, trainer, phases, saved, guard, evaluate, chief)
         step = controller.train(start_step)
     return step, log.history, controller.examples_seen / max(
-        controller.train_seconds, 1e-9)
+        controller.train_seconds, 1e-9), periodic
+
+
+def _train_to_the_end(config, trainer, phases, saved, evaluate, chief,
+                      start_step, mlperf):
+    """Trains (unless an earlier invocation reached the target,
+    train/loop/target.py), then evaluates once more unless the run stopped
+    at an evaluation; the MLPerf log's run from run_start to run_stop.
+    Returns (step, history, examples per second, the last evaluation's
+    metrics, the target's record or None)."""
+    before = target.reached_before(config, chief)
+    if evaluate is not None:
+        mlperf.hyperparameters(config, phases, trainer.replicas,
+                               evaluate.examples_per_evaluation())
+    mlperf.run_start(start_step)
+    step, success = start_step, False
+    try:
+        history, examples_per_second, periodic = [], 0.0, None
+        if before is None:
+            step, history, examples_per_second, periodic = _train(
+                config, trainer, phases, saved, evaluate, chief, start_step)
+        if periodic is not None and periodic.finished:
+            eval_metrics = periodic.newest
+            record = {"step": step, "checkpoint": periodic.checkpoint,
+                      "stop_at_mlm_accuracy": config.stop_at_mlm_accuracy,
+                      "masked_lm_accuracy": eval_metrics["masked_lm_accuracy"]}
+            if chief:
+                target.write_record(config, step, eval_metrics,
+                                    periodic.checkpoint)
+                target.announce(record)
+        else:
+            eval_metrics = evaluate(step, last=True) if evaluate else None
+            record = before
+        success = record is not None or bool(eval_metrics and target.reached(
+            config, eval_metrics["masked_lm_accuracy"]))
+    finally:
+        mlperf.run_stop(step, success)
+    return step, history, examples_per_second, eval_metrics, record
 
 
 def _export_encoder(config, saved):
@@ -389,7 +453,8 @@ def run_pretraining(config, strategy=None, record_files=None,
     `config.mode` says what: `train` (the default), `eval` (evaluate the
     newest checkpoint in `model_dir`, else `init_checkpoint`, on
     `eval_files`), or `train_and_eval` (evaluate every `eval_every_steps`
-    updates and at the end).
+    updates or `eval_every_examples` examples and at the end, keep the
+    best checkpoint, stop at `stop_at_mlm_accuracy`).
 
     Args:
         config: A `train.PretrainConfig`.
@@ -408,7 +473,11 @@ def run_pretraining(config, strategy=None, record_files=None,
         updates of this call, `skipped_updates` (updates whose gradients
         were not finite, over the whole run), `history` (one such dict per
         logging interval), `eval` (the newest evaluation's metrics, as in
-        eval_results.txt, or None), `start_step`, `export_dir`,
+        eval_results.txt, or None), `evaluations` (the metrics of every
+        evaluation of this call, with the `seq_length` read and whether
+        it became the `best`), `target` (the record of the evaluation
+        that reached --stop_at_mlm_accuracy, or None), `start_step`,
+        `export_dir`,
         `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
         for its model and optimizer).
 
@@ -436,9 +505,11 @@ def run_pretraining(config, strategy=None, record_files=None,
     # model; the caller's is given back when it returns (the model keeps
     # the policy it was built with).
     caller_policy = keras.mixed_precision.global_policy()
+    mlperf = mlperf_log.NoLog()
     try:
         if chief:
             tf.io.gfile.makedirs(config.model_dir)
+        mlperf = mlperf_log.open_log(config, checked.phases, chief)
         phases, vocab_file, bert_config, heldout = _prepare_data(
             config, checked, work_dir)
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -455,16 +526,17 @@ def run_pretraining(config, strategy=None, record_files=None,
                              record_files)
         if chief:
             _warn_if_schedule_changed(config, checked, trainer, start_step)
-        evaluate = _evaluation(config, checked, trainer, chief)
+        evaluate = _evaluation(config, checked, trainer, phases, heldout,
+                               work_dir, mlperf)
         result = functools.partial(
             _result, start_step=start_step, vocab_file=vocab_file,
             bert_config=bert_config, trainer=trainer)
         if config.mode == "eval":
-            return result(start_step, [], None, evaluate(start_step), None,
-                          heldout=None)
-        step, history, examples_per_second = _train(
-            config, trainer, phases, saved, evaluate, chief, start_step)
-        eval_metrics = evaluate(step) if evaluate else None
+            return result(start_step, [], None, evaluate.only(start_step),
+                          None, heldout=None, target=None, evaluations=[])
+        step, history, examples_per_second, eval_metrics, reached = (
+            _train_to_the_end(config, trainer, phases, saved, evaluate,
+                              chief, start_step, mlperf))
         heldout_metrics = _evaluate_heldout(config, trainer, phases[0],
                                             heldout, chief)
         if config.export_path and chief:
@@ -472,8 +544,11 @@ def run_pretraining(config, strategy=None, record_files=None,
         if chief:
             _print_summary(history)
         return result(step, history, examples_per_second, eval_metrics,
-                      config.export_path, heldout=heldout_metrics)
+                      config.export_path, heldout=heldout_metrics,
+                      target=reached, evaluations=evaluate.history
+                      if evaluate else [])
     finally:
+        mlperf.close()
         keras.mixed_precision.set_global_policy(caller_policy)
         if not chief:
             scratch.remove(work_dir)

@@ -52,6 +52,12 @@ class Heldout:
     examples: int
     documents: int
     baseline: dict
+    # The same documents' examples at each phase's lengths (the first is
+    # `file`): a train_and_eval run evaluates each phase at its own.
+    phase_files: Optional[list] = None
+
+    def files_for(self, phase_index):
+        return [(self.phase_files or [self.file])[phase_index]]
 
 
 def split_heldout(documents, share):
@@ -211,7 +217,7 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
         heldout = (Heldout(**meta["heldout"]) if meta.get("heldout")
                    else None)
         if meta.get("key") == key and all(map(tf.io.gfile.exists, names)) \
-                and (heldout is None or tf.io.gfile.exists(heldout.file)):
+                and _heldout_complete(heldout, len(phases)):
             print(f"Reusing the examples in {data_dir}", flush=True)
             return ([p.with_files([n]) for p, n in zip(phases, names)],
                     vocab_file, heldout)
@@ -253,7 +259,7 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
         result.append(phase.with_files([name]))
         counts.append(len(instances))
     heldout = _write_heldout(data_dir, heldout_documents, tokenized, tokens,
-                             phases[0], config)
+                             phases, config)
     examples.write_metadata(
         meta_path, key=key, examples=counts,
         heldout=dataclasses.asdict(heldout) if heldout else None)
@@ -265,25 +271,43 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
     return result, vocab_file, heldout
 
 
-def _write_heldout(data_dir, documents, train_tokenized, tokens, phase,
+def _heldout_complete(heldout, phases):
+    """Whether examples made before hold a held-out file for each of the
+    `phases` (those of an earlier version have phase 1's alone)."""
+    if heldout is None:
+        return True
+    files = heldout.phase_files or [heldout.file]
+    return len(files) == phases and all(map(tf.io.gfile.exists, files))
+
+
+def _write_heldout(data_dir, documents, train_tokenized, tokens, phases,
                    config):
-    """The held-out examples and their context-free baseline, or None."""
+    """The held-out examples, at each phase's lengths, and the context-free
+    baseline of phase 1's, or None."""
     if not documents:
         return None
     tokenized = tokenization.tokenize_documents(documents, _vocab_path(
         data_dir, config), config.do_lower_case)
-    instances = examples.create_instances(
-        tokenized, examples.Vocab(tokens), phase.seq_length,
-        phase.predictions, config.masked_lm_prob, config.short_seq_prob,
-        1, config.whole_word_mask, config.seed + 1000)[:MAX_HELDOUT_EXAMPLES]
-    if not instances:
-        return None
-    path = os.path.join(data_dir, HELDOUT_FILE)
-    examples.write_instances(instances, [path], phase.seq_length,
-                             phase.predictions)
-    return Heldout(file=path, examples=len(instances),
+    files, first = [], None
+    for index, phase in enumerate(phases):
+        instances = examples.create_instances(
+            tokenized, examples.Vocab(tokens), phase.seq_length,
+            phase.predictions, config.masked_lm_prob, config.short_seq_prob,
+            1, config.whole_word_mask,
+            config.seed + 1000 + index)[:MAX_HELDOUT_EXAMPLES]
+        if not instances:
+            return None
+        # Phase 1's name is the one runs before phase 2 had its own.
+        path = os.path.join(data_dir, HELDOUT_FILE if index == 0 else
+                            f"heldout_phase{index + 1}.tfrecord")
+        examples.write_instances(instances, [path], phase.seq_length,
+                                 phase.predictions)
+        files.append(path)
+        first = first or instances
+    return Heldout(file=files[0], examples=len(first),
                    documents=len(documents),
-                   baseline=context_free_baseline(train_tokenized, instances))
+                   baseline=context_free_baseline(train_tokenized, first),
+                   phase_files=files)
 
 
 def _vocab_path(data_dir, config):

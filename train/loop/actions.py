@@ -9,6 +9,7 @@ phase)` tells it a phase (or a stretch after a recovery) starts.
 
 import time
 
+from train.loop import controller as controller_lib
 from train.loop.metrics import scalar_summary
 from train.runtime.errors import DivergenceError
 
@@ -156,24 +157,42 @@ class CheckpointAction:
 
 
 class EvalAction:
-    """With --mode=train_and_eval: every --eval_every_steps updates (the
-    final evaluation, after the last update, is the run's own)."""
+    """With --mode=train_and_eval: every --eval_every_steps updates or
+    --eval_every_examples examples (the final evaluation, after the last
+    update, is the run's own). With --stop_at_mlm_accuracy, the first
+    evaluation whose held-out MLM accuracy reaches it saves a checkpoint
+    of that update and sets `finished`, which ends the training
+    (controller.Controller)."""
 
-    def __init__(self, evaluate, config, log_action):
+    def __init__(self, evaluate, config, log_action, phases, checkpoints):
         self.evaluate = evaluate
-        self.every = config.eval_every_steps
+        self.config = config
+        self.phases = phases
         self.total = config.num_train_steps
         self.log_action = log_action
+        self.checkpoints = checkpoints
         self.newest = None
+        self.finished = False
+        self.checkpoint = None
 
     def begin(self, step, phase):
         del step, phase
 
     def due(self, step, phase_end):
         del phase_end
-        return step < self.total and step % self.every == 0
+        return step < self.total and controller_lib.evaluation_due(
+            step, self.config, self.phases)
 
     def __call__(self, step):
         started = time.time()
         self.newest = self.evaluate(step)
         self.log_action.exclude(time.time() - started)
+        target = self.config.stop_at_mlm_accuracy
+        if target is not None and (
+                self.newest["masked_lm_accuracy"] >= target):
+            # The checkpoint action ran before this one: reuse its save of
+            # this update rather than write the same state twice.
+            self.checkpoint = (self.checkpoints.newest
+                               if self.checkpoints.newest_step == step
+                               else self.checkpoints.save(step))
+            self.finished = True

@@ -5,11 +5,13 @@ older one, saving with checks, and the state a diverged run goes back to.
 Google's and other runs' checkpoints into a model.)
 """
 
+import json
 import os
 import re
 
 import tensorflow as tf
 
+from train.runtime import paths
 from train.runtime.errors import CheckpointError
 from train.runtime.errors import DivergenceError
 
@@ -56,6 +58,8 @@ class RunCheckpoints:
         self.manager = tf.train.CheckpointManager(
             trainer.checkpoint, directory, max_to_keep=max_to_keep)
         self.newest = None
+        # The update `newest` holds when this object saved it, else None.
+        self.newest_step = None
 
     def restore(self, path, partial=False):
         """Restores `path`; raises what TensorFlow raises for an unreadable
@@ -66,7 +70,7 @@ class RunCheckpoints:
             status.expect_partial()
         else:
             status.assert_existing_objects_matched()
-        self.newest = path
+        self.newest, self.newest_step = path, None
         return path
 
     def restore_newest(self, directory, partial=False):
@@ -115,8 +119,59 @@ class RunCheckpoints:
                 f"the newest checkpoint is still "
                 f"{self.newest or 'none'}. Make {self.directory} writable "
                 f"(space, permissions), then rerun to resume")
-        self.newest = path
+        self.newest, self.newest_step = path, step
         return path
+
+
+class BestCheckpoint:
+    """The checkpoint of the best held-out MLM accuracy so far, kept apart
+    from the rolling ones (which --keep_checkpoint_max rotates out): its own
+    CheckpointManager (one checkpoint) in `directory`, and `record_name`
+    there, a JSON of the accuracy, the update and the checkpoint's path.
+
+    The record is read back when a run resumes, so a later evaluation must
+    beat the best of the earlier runs too; a tie keeps the earlier update.
+    """
+
+    def __init__(self, trainer, directory, record_name):
+        self.trainer = trainer
+        self.directory = directory
+        self.record_path = os.path.join(directory, record_name)
+        self.manager = tf.train.CheckpointManager(
+            trainer.checkpoint, directory, max_to_keep=1)
+        self.record = self._read_record()
+
+    def _read_record(self):
+        if not tf.io.gfile.exists(self.record_path):
+            return None
+        try:
+            with tf.io.gfile.GFile(self.record_path) as fh:
+                return json.load(fh)
+        except (ValueError, tf.errors.OpError):
+            return None  # a damaged record: the next evaluation replaces it
+
+    def consider(self, step, metrics):
+        """Saves update `step` when its held-out MLM accuracy (`metrics`, an
+        evaluation's) beats the best so far; returns the record if it
+        did, else None. Raises CheckpointError when the write fails."""
+        accuracy = float(metrics["masked_lm_accuracy"])
+        if self.record is not None and (
+                accuracy <= self.record["masked_lm_accuracy"]):
+            return None
+        try:
+            path = self.manager.save(checkpoint_number=step)
+            record = {"masked_lm_accuracy": accuracy, "step": int(step),
+                      "checkpoint": path,
+                      "masked_lm_loss": float(metrics["masked_lm_loss"])}
+            paths.write_atomically(self.record_path,
+                                   json.dumps(record, indent=2) + "\n")
+        except (tf.errors.OpError, OSError) as error:
+            raise CheckpointError(
+                f"Cannot write the best checkpoint in {self.directory} "
+                f"({_first_line(error)}). Make it writable, then rerun to "
+                f"resume") from None
+        self.record = record
+        return record
 
 
 class DivergenceGuard:

@@ -12,7 +12,8 @@ each call, in this order:
   or stops it with a DivergenceError;
 - a stop request (SIGTERM/SIGINT on any worker, `preemption`) saves a
   checkpoint at the update reached and raises `errors.Preempted`;
-- the due actions run: log line and summaries, checkpoint, evaluation.
+- the due actions run: log line and summaries, checkpoint, evaluation;
+- an evaluation that reached --stop_at_mlm_accuracy ends the training.
 """
 
 import time
@@ -30,13 +31,63 @@ def intervals(config):
     return result
 
 
-def next_stop(step, end, config):
+def examples_at(step, phases):
+    """Training examples in the first `step` updates (each phase's updates
+    at its own batch size): MLPerf's sample count, its `epoch_num`."""
+    total = 0
+    for phase in phases:
+        updates = min(step, phase.steps)
+        total += updates * phase.batch_size
+        step -= updates
+    return total + step * (phases[-1].batch_size if phases else 0)
+
+
+def evaluation_due(step, config, phases):
+    """Whether a periodic evaluation follows update `step`: every
+    --eval_every_steps updates, or after the update whose examples reach
+    the next multiple of --eval_every_examples."""
+    if config.mode != "train_and_eval" or step < 1:
+        return False
+    if config.eval_every_steps:
+        return step % config.eval_every_steps == 0
+    if config.eval_every_examples:
+        every = config.eval_every_examples
+        return (examples_at(step, phases) // every
+                > examples_at(step - 1, phases) // every)
+    return False
+
+
+def next_evaluation(step, config, phases):
+    """The first update after `step` a periodic evaluation follows, or None
+    (none is scheduled before the end of the run)."""
+    if not (config.eval_every_steps or config.eval_every_examples) or (
+            config.mode != "train_and_eval"):
+        return None
+    if config.eval_every_steps:
+        return (step // config.eval_every_steps + 1) * config.eval_every_steps
+    # Updates are whole: the first one whose examples reach the next
+    # multiple, found by walking the phases' batch sizes.
+    every = config.eval_every_examples
+    target = (examples_at(step, phases) // every + 1) * every
+    update = step
+    while update < config.num_train_steps:
+        update += 1
+        if examples_at(update, phases) >= target:
+            return update
+    return None
+
+
+def next_stop(step, end, config, phases=()):
     """The update after which the loop next hands control back: the end of
     the phase, or the next update a log, checkpoint or evaluation is due at,
     at most steps_per_loop updates away."""
     stop = min(end, step + config.steps_per_loop)
     for every in intervals(config):
         stop = min(stop, (step // every + 1) * every)
+    if phases and config.eval_every_examples:
+        evaluation = next_evaluation(step, config, phases)
+        if evaluation is not None:
+            stop = min(stop, evaluation)
     return stop
 
 
@@ -103,7 +154,8 @@ class Controller:
             phase = self.phases[self._phase_at(step)[0]]
             with self.reading(phase):
                 outcome = self.trainer.train_loop(
-                    iterator, next_stop(step, end, self.config) - step)
+                    iterator, next_stop(step, end, self.config,
+                                        self.phases) - step)
             step += outcome.updates
             self.examples_seen += outcome.updates * phase.batch_size
             if outcome.diverged:
@@ -115,6 +167,11 @@ class Controller:
             for action in self.actions:
                 if action.due(step, end):
                     action(step)
+            # An evaluation that reached --stop_at_mlm_accuracy ends the
+            # run here, its checkpoint saved (actions.EvalAction).
+            if any(getattr(action, "finished", False)
+                   for action in self.actions):
+                return step
             if step == end:
                 iterator = None
         return step

@@ -10,6 +10,11 @@
     vocab.txt          the vocabulary the run's examples were made with
     data/              examples the run made itself (data/metadata.json
                        says from what)
+    best/              the checkpoint of the best held-out MLM accuracy
+                       (train_and_eval), apart from the rolling ones, and
+                       best/best.json: its accuracy, update and path
+    target_reached.json  the evaluation that reached
+                       --stop_at_mlm_accuracy (a resumed run reads it)
 
 Every path is joined the way TensorFlow joins it, so a relative folder or a
 bucket (gs://, ram://) works as a local one. A file is written whole under a
@@ -32,6 +37,10 @@ SCHEDULE = "schedule.json"
 VOCAB = "vocab.txt"
 DATA = "data"
 DATA_METADATA = os.path.join(DATA, "metadata.json")
+BEST = "best"
+# Inside BEST, beside its checkpoint.
+BEST_RECORD = "best.json"
+TARGET_REACHED = "target_reached.json"
 
 
 def path(model_dir, name):
