@@ -228,13 +228,16 @@ def unit_words(task):
 @contextlib.contextmanager
 def workers(num_workers=1):
     """A pool of `num_workers` processes for `run_units` (None for 1: the
-    units run in this process). The processes are started afresh, not
-    forked from this one, whose TensorFlow threads a fork would copy
-    mid-way."""
+    units run in this process). The workers are forked from a fresh server
+    process that imported this module (TensorFlow with it) once, not from
+    this one, whose TensorFlow threads a fork would copy mid-way; and not
+    spawned, which would import TensorFlow again in every worker."""
     if num_workers <= 1:
         yield None
         return
-    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with context.Pool(num_workers) as pool:
         yield Pool(pool, num_workers)
 
 
