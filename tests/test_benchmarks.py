@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from benchmarks import loopback_bytes, optimizer_step, startup, train_step
+from benchmarks import (example_creation, loopback_bytes, optimizer_step,
+                        startup, train_step)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,3 +180,19 @@ def test_loopback_bytes_counts_what_crosses_127_0_0_1():
         receiver.join(timeout=60)
     assert sum(received) == len(payload)
     assert loopback_bytes.loopback_bytes() - before >= len(payload)
+
+
+def test_example_creation_repeats_whole_documents_and_reads_memory(
+        tmp_path):
+    """The benchmark's text is whole documents of the corpus, repeated to
+    the size asked for; the memory of a process tree is read from /proc
+    (this process's own, at least what it holds in a fresh 20 MB)."""
+    text = "One sentence here.\nAnother one.\n\nA second document.\n\n"
+    path = str(tmp_path / "t.txt")
+    size = example_creation.repeat_corpus(path, 0.001, text)
+    data = open(path).read()
+    assert 1000 - len(text) < size <= 1000 + len(text)
+    assert data.endswith("\n\n") and data.count(text) >= 1000 // len(text)
+    held = bytearray(20 * 10 ** 6)
+    held[::4096] = b"x" * len(held[::4096])
+    assert example_creation.tree_rss(os.getpid()) > 20e6

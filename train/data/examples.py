@@ -20,8 +20,10 @@ from train.runtime import paths
 # Changes whenever the same text, vocabulary size and flags give other
 # examples, so that a cache of examples (train.pretrain's data directory) is
 # remade: 2 = Google's tokenization (no NFKC) and Google's count of masks;
-# 3 = the deterministic vocabulary learner.
-EXAMPLES_VERSION = 3
+# 3 = the deterministic vocabulary learner; 4 = streamed units
+# (train.data.streaming): per-unit seeds, the next sentence drawn within a
+# unit.
+EXAMPLES_VERSION = 4
 
 Instance = collections.namedtuple(
     "Instance", ["tokens", "segment_ids", "masked_positions", "masked_ids",
@@ -200,6 +202,14 @@ def instance_to_example(instance, max_seq_length, max_predictions):
     })
 
 
+def serialize(instance, max_seq_length, max_predictions):
+    """The record of `instance`: map entries in key order, so the same
+    example gives the same bytes in every process."""
+    return instance_to_example(instance, max_seq_length,
+                               max_predictions).SerializeToString(
+                                   deterministic=True)
+
+
 def write_instances(instances, output_files, max_seq_length,
                     max_predictions):
     """Writes the examples round-robin into `output_files`, replacing
@@ -212,11 +222,8 @@ def write_instances(instances, output_files, max_seq_length,
     writers = [tf.io.TFRecordWriter(path) for path in output_files]
     try:
         for i, instance in enumerate(instances):
-            example = instance_to_example(instance, max_seq_length,
-                                          max_predictions)
-            # Map entries in key order: the same examples give the same bytes.
             writers[i % len(writers)].write(
-                example.SerializeToString(deterministic=True))
+                serialize(instance, max_seq_length, max_predictions))
     finally:
         for writer in writers:
             writer.close()

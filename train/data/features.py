@@ -48,9 +48,15 @@ def lengths(max_seq_length, max_predictions):
     return {name: sizes[size] for name, (size, _) in FEATURES.items()}
 
 
+# Looked up once per feature of every example written: a set, not a
+# comparison of TensorFlow dtypes (slow in Python).
+_FLOATS = frozenset(name for name, (_, dtype) in FEATURES.items()
+                    if dtype == tf.float32)
+
+
 def is_float(name):
     """Whether feature `name` holds floats (else int64 in a record)."""
-    return FEATURES[name][1] == tf.float32
+    return name in _FLOATS
 
 
 def feature_spec(max_seq_length, max_predictions):

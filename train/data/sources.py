@@ -7,10 +7,13 @@ directory. Which model a run trains is `train.model.choice`'s.
 """
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
+import functools
 import os
+import tempfile
 import time
 import zlib
 from typing import Callable, Optional
@@ -20,6 +23,7 @@ import tensorflow as tf
 from train.data import corpus
 from train.data import examples
 from train.data import record_checks
+from train.data import streaming
 from train.data import tokenization
 from train.runtime import paths
 from train.runtime.errors import InputError
@@ -30,10 +34,14 @@ class TextSource:
     """Documents to turn into examples, with what identifies them."""
 
     description: str
-    documents: Callable[[], list]
+    # The documents (lists of sentences), made in memory; None when the
+    # text is read from `files`.
+    documents: Optional[Callable[[], list]] = None
     # Identifies the text's version (file sizes and times), so that examples
     # made from an older version of the text are not reused.
     fingerprint: Optional[list] = None
+    # Text files (glob patterns) streamed one unit at a time.
+    files: Optional[list] = None
 
 
 HELDOUT_FILE = "heldout.tfrecord"
@@ -60,16 +68,24 @@ class Heldout:
         return [(self.phase_files or [self.file])[phase_index]]
 
 
+def is_heldout(document, share):
+    """Whether `document` is held out: a checksum of its text falls in the
+    first `share` of the range, so the split depends on the text alone,
+    not on the order or the seed."""
+    text = "\n".join(document).encode("utf-8", "replace")
+    return zlib.crc32(text) % 10000 < share * 10000
+
+
+def _kept(share, heldout, document):
+    """A unit's filter (train.data.streaming.Settings.keep)."""
+    return is_heldout(document, share) == heldout
+
+
 def split_heldout(documents, share):
-    """(training documents, held-out documents): a document is held out
-    when a checksum of its text falls in the first `share` of the range,
-    so the split depends on the text alone, not on the order or the
-    seed."""
+    """(training documents, held-out documents), by `is_heldout`."""
     train, heldout = [], []
     for document in documents:
-        text = "\n".join(document).encode("utf-8", "replace")
-        (heldout if zlib.crc32(text) % 10000 < share * 10000
-         else train).append(document)
+        (heldout if is_heldout(document, share) else train).append(document)
     return train, heldout
 
 
@@ -82,20 +98,27 @@ def context_free_baseline(train_tokenized, instances):
     counts = collections.Counter(
         token for document in train_tokenized for sentence in document
         for word in sentence for token in word)
+    return baseline_of_counts(
+        counts, [i for instance in instances for i in instance.masked_ids],
+        [instance.is_random_next for instance in instances])
+
+
+def baseline_of_counts(counts, masked, random_next):
+    """`context_free_baseline` from the training text's WordPiece counts,
+    the masked ids of the examples and their next-sentence labels."""
     total = sum(counts.values())
     most_frequent = counts.most_common(1)[0][0] if counts else 0
-    masked = [i for instance in instances for i in instance.masked_ids]
     vocab = max([most_frequent] + masked + list(counts)) + 1
     cross_entropy = -sum(math.log((counts[i] + 1) / (total + vocab))
                          for i in masked) / max(len(masked), 1)
-    random_next = sum(instance.is_random_next for instance in instances)
+    randoms = sum(random_next)
     return {
         "masked_lm_unigram_cross_entropy": cross_entropy,
         "masked_lm_most_frequent_accuracy":
             sum(i == most_frequent for i in masked) / max(len(masked), 1),
         "next_sentence_majority_accuracy":
-            max(random_next, len(instances) - random_next)
-            / max(len(instances), 1),
+            max(randoms, len(random_next) - randoms)
+            / max(len(random_next), 1),
         "predictions": len(masked),
     }
 
@@ -120,28 +143,38 @@ def find_source(config):
     if config.train_files:
         return None
     if config.input_file:
-        try:
-            documents = corpus.read_documents(list(config.input_file))
-        except ValueError as error:
-            raise InputError(str(error)) from None
-        if len(documents) < 2 and max(map(len, documents)) < 2:
-            raise InputError(
-                f"--input_file={','.join(config.input_file)} holds one "
-                f"sentence; sentence pairs need two sentences or two "
-                f"documents")
+        _check_pairs(list(config.input_file))
         stamps = []
         for pattern in config.input_file:
             for path in sorted(tf.io.gfile.glob(pattern)):
                 stat = tf.io.gfile.stat(path)
                 stamps.append(f"{path}@{stat.length}:{stat.mtime_nsec}")
         return TextSource("text files " + ",".join(config.input_file),
-                          lambda: documents, stamps)
+                          fingerprint=stamps, files=list(config.input_file))
     if config.tfds_name:
         documents = load_tfds_documents(config)
         return TextSource(f"tfds {config.tfds_name}/{config.tfds_split}",
                           lambda: documents)
     return TextSource("the Python standard library's docstrings",
                       corpus.stdlib_documents)
+
+
+def _check_pairs(patterns):
+    """InputError unless the files hold a sentence pair: two documents or
+    a document of two sentences (read until one is found)."""
+    documents = 0
+    try:
+        for document in streaming.iter_documents(patterns):
+            documents += 1
+            if documents >= 2 or len(document) >= 2:
+                return
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if not documents:
+        raise InputError(f"No text in {','.join(patterns)}")
+    raise InputError(
+        f"--input_file={','.join(patterns)} holds one sentence; sentence "
+        f"pairs need two sentences or two documents")
 
 
 def load_tfds_documents(config):
@@ -227,43 +260,19 @@ def prepare_examples(data_dir, source, phases, config, bert_config):
     tf.io.gfile.makedirs(data_dir)
     if tf.io.gfile.exists(meta_path):
         tf.io.gfile.remove(meta_path)
-    documents, heldout_documents = split_heldout(source.documents(),
-                                                 config.heldout_share)
-    if not documents:
-        raise InputError(f"--heldout_share={config.heldout_share} holds out "
-                         f"every document of {source.description}")
-    if not config.vocab_file:
-        vocab = tokenization.learn_vocab(documents, vocab_target,
-                                         config.do_lower_case)
-        if bert_config is not None:
-            if len(vocab) > bert_config.vocab_size:
-                vocab = vocab[:bert_config.vocab_size]
-            vocab += [f"[unused{i}]"
-                      for i in range(bert_config.vocab_size - len(vocab))]
-        tokenization.write_vocab(vocab, vocab_file)
-    tokens = tokenization.read_vocab(vocab_file)
-    tokenized = tokenization.tokenize_documents(documents, vocab_file,
-                                                config.do_lower_case)
-    counts = []
-    result = []
-    for i, (phase, name) in enumerate(zip(phases, names)):
-        instances = examples.create_instances(
-            tokenized, examples.Vocab(tokens), phase.seq_length,
-            phase.predictions, config.masked_lm_prob, config.short_seq_prob,
-            config.dupe_factor, config.whole_word_mask, config.seed + i)
-        if not instances:
-            raise InputError(f"{source.description} gave no example (each "
-                             f"needs two segments of text)")
-        examples.write_instances(instances, [name], phase.seq_length,
-                                 phase.predictions)
-        result.append(phase.with_files([name]))
-        counts.append(len(instances))
-    heldout = _write_heldout(data_dir, heldout_documents, tokenized, tokens,
-                             phases, config)
+    with _text_files(source) as files:
+        units = streaming.plan_units(files)
+        if not config.vocab_file:
+            _learn_vocab(units, vocab_target, config, bert_config,
+                         vocab_file, source)
+        tokens = tokenization.read_vocab(vocab_file)
+        result, counts, documents, pieces = _write_phases(
+            units, phases, names, vocab_file, config, source)
+        heldout = _write_heldout(data_dir, units, pieces, phases, config)
     examples.write_metadata(
         meta_path, key=key, examples=counts,
         heldout=dataclasses.asdict(heldout) if heldout else None)
-    print(f"  {len(documents)} documents -> {_counts_text(counts)}, "
+    print(f"  {documents} documents -> {_counts_text(counts)}, "
           f"vocabulary of {len(tokens)} tokens "
           f"({time.time() - started:.0f}s)"
           + (f"; {heldout.documents} held-out documents -> "
@@ -280,34 +289,124 @@ def _heldout_complete(heldout, phases):
     return len(files) == phases and all(map(tf.io.gfile.exists, files))
 
 
-def _write_heldout(data_dir, documents, train_tokenized, tokens, phases,
-                   config):
-    """The held-out examples, at each phase's lengths, and the context-free
-    baseline of phase 1's, or None."""
+@contextlib.contextmanager
+def _text_files(source):
+    """The source's text files: its own, or its documents written to a
+    temporary file, so that every source is streamed by the same code."""
+    if source.files:
+        yield source.files
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "corpus.txt")
+        corpus.write_text_corpus(source.documents(), path)
+        yield [path]
+
+
+def _settings(vocab_file, config, phase, dupe_factor, seed, keep,
+              count_pieces=False):
+    return streaming.Settings(
+        vocab_file, config.do_lower_case, phase.seq_length,
+        phase.predictions, config.masked_lm_prob, config.short_seq_prob,
+        dupe_factor, config.whole_word_mask, seed, keep, count_pieces)
+
+
+def _no_training_documents(config, source):
+    return InputError(f"--heldout_share={config.heldout_share} holds out "
+                      f"every document of {source.description}")
+
+
+def _learn_vocab(units, vocab_target, config, bert_config, vocab_file,
+                 source):
+    """Learns the vocabulary from the training documents' word counts
+    (streamed) and writes it; with a bert_config, padded with [unusedN] to
+    its vocab_size."""
+    counts, documents = streaming.count_words(
+        units, config.do_lower_case,
+        keep=functools.partial(_kept, config.heldout_share, False))
     if not documents:
+        raise _no_training_documents(config, source)
+    vocab = tokenization.learn_vocab_from_counts(counts, vocab_target)
+    if bert_config is not None:
+        if len(vocab) > bert_config.vocab_size:
+            vocab = vocab[:bert_config.vocab_size]
+        vocab += [f"[unused{i}]"
+                  for i in range(bert_config.vocab_size - len(vocab))]
+    tokenization.write_vocab(vocab, vocab_file)
+
+
+def _write_phases(units, phases, names, vocab_file, config, source):
+    """Each phase's examples from the training documents; returns (phases
+    with their files, examples per phase, training documents, their
+    WordPiece counts)."""
+    keep = functools.partial(_kept, config.heldout_share, False)
+    pieces = collections.Counter()
+    result, counts, documents = [], [], 0
+    for i, (phase, name) in enumerate(zip(phases, names)):
+        settings = _settings(vocab_file, config, phase, config.dupe_factor,
+                             config.seed + i, keep, count_pieces=i == 0)
+        count, documents = streaming.write_examples(
+            units, settings, [name],
+            on_result=lambda r: r.pieces and pieces.update(r.pieces))
+        if not documents:
+            raise _no_training_documents(config, source)
+        if not count:
+            raise InputError(f"{source.description} gave no example (each "
+                             f"needs two segments of text)")
+        result.append(phase.with_files([name]))
+        counts.append(count)
+    return result, counts, documents, pieces
+
+
+def _write_heldout(data_dir, units, train_pieces, phases, config):
+    """The held-out examples at each phase's lengths (the first
+    MAX_HELDOUT_EXAMPLES of each, in the units' order) and the context-free
+    baseline of phase 1's, or None."""
+    if not config.heldout_share:
         return None
-    tokenized = tokenization.tokenize_documents(documents, _vocab_path(
-        data_dir, config), config.do_lower_case)
+    keep = functools.partial(_kept, config.heldout_share, True)
     files, first = [], None
     for index, phase in enumerate(phases):
-        instances = examples.create_instances(
-            tokenized, examples.Vocab(tokens), phase.seq_length,
-            phase.predictions, config.masked_lm_prob, config.short_seq_prob,
-            1, config.whole_word_mask,
-            config.seed + 1000 + index)[:MAX_HELDOUT_EXAMPLES]
-        if not instances:
+        settings = _settings(_vocab_path(data_dir, config), config, phase, 1,
+                             config.seed + 1000 + index, keep)
+        records, documents = [], 0
+        for unit_result in streaming.run_units(streaming.unit_examples,
+                                               units, settings):
+            documents += unit_result.documents
+            records += unit_result.records[
+                :MAX_HELDOUT_EXAMPLES - len(records)]
+        if not records:
             return None
         # Phase 1's name is the one runs before phase 2 had its own.
         path = os.path.join(data_dir, HELDOUT_FILE if index == 0 else
                             f"heldout_phase{index + 1}.tfrecord")
-        examples.write_instances(instances, [path], phase.seq_length,
-                                 phase.predictions)
+        _write_records(path, records)
         files.append(path)
-        first = first or instances
-    return Heldout(file=files[0], examples=len(first),
-                   documents=len(documents),
-                   baseline=context_free_baseline(train_tokenized, first),
+        first = first or (records, documents)
+    records, documents = first
+    return Heldout(file=files[0], examples=len(records), documents=documents,
+                   baseline=_records_baseline(train_pieces, records),
                    phase_files=files)
+
+
+def _write_records(path, records):
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def _records_baseline(train_pieces, records):
+    """The context-free baseline (baseline_of_counts) of serialized
+    examples."""
+    masked, random_next = [], []
+    for record in records:
+        feature = tf.train.Example.FromString(record).features.feature
+        count = int(sum(feature["masked_lm_weights"].float_list.value))
+        masked += feature["masked_lm_ids"].int64_list.value[:count]
+        random_next.append(
+            feature["next_sentence_labels"].int64_list.value[0] == 1)
+    return baseline_of_counts(train_pieces, masked, random_next)
 
 
 def _vocab_path(data_dir, config):

@@ -169,6 +169,14 @@ def learn_vocab(documents, vocab_size=features.VOCAB_SIZE,
     counts = collections.Counter(
         word for document in documents for sentence in document
         for word in basic_tokenize(sentence, lower_case))
+    return learn_vocab_from_counts(counts, vocab_size)
+
+
+def learn_vocab_from_counts(counts, vocab_size=features.VOCAB_SIZE):
+    """`learn_vocab` from word counts ({word: count}, in the order the
+    words first occur), as train.data.streaming counts them one unit of
+    text at a time: the memory is bounded by the distinct words, not by
+    the text."""
     tokens = list(SPECIAL_TOKENS)
     tokens += sorted({c for word in counts for c in word})
     tokens += sorted({"##" + c for word in counts for c in word[1:]})
