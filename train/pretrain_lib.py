@@ -450,11 +450,7 @@ def run_pretraining(config, strategy=None, record_files=None,
                     optimizer_fn=None):
     """Runs the job `config` describes; returns its final metrics.
 
-    `config.mode` says what: `train` (the default), `eval` (evaluate the
-    newest checkpoint in `model_dir`, else `init_checkpoint`, on
-    `eval_files`), or `train_and_eval` (evaluate every `eval_every_steps`
-    updates or `eval_every_examples` examples and at the end, keep the
-    best checkpoint, stop at `stop_at_mlm_accuracy`).
+    `config.mode` says what: train, eval or train_and_eval (see --mode).
 
     Args:
         config: A `train.PretrainConfig`.
@@ -467,19 +463,16 @@ def run_pretraining(config, strategy=None, record_files=None,
             (the config's LAMB settings are then unused).
 
     Returns:
-        A dict: `step` (updates done), `mlm_loss`, `mlm_accuracy`,
-        `nsp_loss`, `nsp_accuracy` and `learning_rate` of the last logging
-        interval (None when no update ran), `examples_per_second` over the
-        updates of this call, `skipped_updates` (updates whose gradients
-        were not finite, over the whole run), `history` (one such dict per
-        logging interval), `eval` (the newest evaluation's metrics, as in
-        eval_results.txt, or None), `evaluations` (the metrics of every
-        evaluation of this call, with the `seq_length` read and whether
-        it became the `best`), `target` (the record of the evaluation
-        that reached --stop_at_mlm_accuracy, or None), `start_step`,
-        `export_dir`,
-        `vocab_file`, `bert_config` and `trainer` (the `trainer.Trainer`,
-        for its model and optimizer).
+        A dict: `step` (updates done); `mlm_loss`, `mlm_accuracy`,
+        `nsp_loss`, `nsp_accuracy`, `learning_rate` of the last logging
+        interval (None if no update ran); `examples_per_second` (this
+        call); `skipped_updates` (non-finite gradients, whole run);
+        `history` (such a dict per logging interval); `eval` (the newest
+        evaluation, as in eval_results.txt, or None); `evaluations` (this
+        call's, with `seq_length` and whether each became the `best`);
+        `target` (the evaluation that reached --stop_at_mlm_accuracy, or
+        None); `start_step`, `export_dir`, `vocab_file`, `bert_config`,
+        `trainer` (the `trainer.Trainer`: its model and optimizer).
 
     Raises (train.runtime.errors; docs/failures.md):
         InputError: bad settings or data, before anything is written.
