@@ -112,6 +112,23 @@ def write_text_corpus(documents, path):
                         for document in documents))
 
 
+def documents_of_text(text):
+    """The documents (lists of stripped sentences) of text in the format of
+    `write_text_corpus`: one sentence per line, blank lines between
+    documents."""
+    documents, current = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            current.append(line)
+        elif current:
+            documents.append(current)
+            current = []
+    if current:
+        documents.append(current)
+    return documents
+
+
 def read_documents(patterns):
     """Documents (lists of sentences) from the text files matching
     `patterns`, in the format of `write_text_corpus`.
@@ -120,7 +137,7 @@ def read_documents(patterns):
     or is not UTF-8, or no text is found.
     """
     paths = matching_files(patterns, "input file")
-    documents, current = [], []
+    documents = []
     for path in paths:
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
@@ -129,16 +146,7 @@ def read_documents(patterns):
             raise ValueError(f"Cannot read {path}: {error}") from None
         except UnicodeDecodeError as error:
             raise ValueError(f"{path} is not UTF-8 text: {error}") from None
-        for line in text.splitlines():
-            line = line.strip()
-            if line:
-                current.append(line)
-            elif current:
-                documents.append(current)
-                current = []
-        if current:
-            documents.append(current)
-            current = []
+        documents += documents_of_text(text)
     if not documents:
         raise ValueError(f"No text in {', '.join(paths)}")
     return documents

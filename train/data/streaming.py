@@ -28,6 +28,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from train.data import corpus
 from train.data import examples
 from train.data import tokenization
 from train.data.reading import matching_files
@@ -106,17 +107,7 @@ def read_unit(unit):
         raise ValueError(f"Cannot read {unit.path}: {error}") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{unit.path} is not UTF-8 text: {error}") from None
-    documents, current = [], []
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            current.append(line)
-        elif current:
-            documents.append(current)
-            current = []
-    if current:
-        documents.append(current)
-    return documents
+    return corpus.documents_of_text(text)
 
 
 def iter_documents(patterns, unit_bytes=UNIT_BYTES):
@@ -189,12 +180,7 @@ def unit_examples(task):
     tokenizer, vocab = _tokenizer(settings.vocab_file, settings.lower_case)
     documents = _kept_documents(unit, settings.keep)
     kept = len(documents)
-    tokenized = []
-    for document in documents:
-        sentences = [words for words in map(tokenizer.tokenize, document)
-                     if words]
-        if sentences:
-            tokenized.append(sentences)
+    tokenized = tokenization.tokenize_with(tokenizer, documents)
     del documents
     pieces = None
     if settings.count_pieces:

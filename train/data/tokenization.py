@@ -304,7 +304,12 @@ def tokenize_documents(documents, vocab_file, lower_case=True):
     as lists of WordPiece ids (Google BERT's tokenization, BertTokenizer).
     Sentences without a word and documents without a sentence are left
     out."""
-    tokenizer = BertTokenizer(read_vocab(vocab_file), lower_case)
+    return tokenize_with(BertTokenizer(read_vocab(vocab_file), lower_case),
+                         documents)
+
+
+def tokenize_with(tokenizer, documents):
+    """`tokenize_documents` with a BertTokenizer already made."""
     result = []
     for document in documents:
         tokenized = [words for words in map(tokenizer.tokenize, document)
